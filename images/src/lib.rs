@@ -1,0 +1,3 @@
+//! moat-images: content-addressed blobs, image records, layer unpack into
+//! per-layer directories, registry pull/push and archive import/export. It must
+//! not know about VMs or containers.
