@@ -430,10 +430,32 @@ fn start_vcpus(
 /// Builds the VM described by `config` and starts it. `start` is when the VMM
 /// process started (the boot marker's zero).
 pub fn build_microvm(config: &VmConfig, start: Instant) -> Result<Vmm, StartVmError> {
+    build_microvm_with(config, start, Vec::new())
+}
+
+/// Like [`build_microvm`], with `extra` devices attached after the configured
+/// ones (for embedders and tests with devices of their own).
+pub fn build_microvm_with(
+    config: &VmConfig,
+    start: Instant,
+    extra: Vec<Box<dyn VirtioDevice>>,
+) -> Result<Vmm, StartVmError> {
     config.validate()?;
     // Devices first: a device this build lacks, or a bad device configuration,
     // fails before any KVM work.
-    let devices = build_virtio_devices(config)?;
+    let mut devices = build_virtio_devices(config)?;
+    devices.extend(extra);
+    if devices.len() > layout::MAX_VIRTIO_DEVICES {
+        return Err(ConfigError::Invalid {
+            field: "(devices)".into(),
+            message: format!(
+                "{} virtio devices, at most {}",
+                devices.len(),
+                layout::MAX_VIRTIO_DEVICES
+            ),
+        }
+        .into());
+    }
 
     let vm = create_vm()?;
     let mem = setup_memory(&vm, config.memory_bytes())?;

@@ -17,7 +17,7 @@ use crate::config::{
 /// configuration or unsupported device; 3 guest kernel panic; 4 triple fault;
 /// 5 KVM could not run a vCPU.
 #[derive(Debug, Parser)]
-#[command(name = "moat-vmm", version)]
+#[command(name = "moat-vmm", version, args_override_self = true)]
 pub struct Cli {
     /// VM configuration (JSON). Flags below override its fields.
     #[arg(long, value_name = "FILE")]
@@ -190,6 +190,15 @@ mod tests {
         assert_eq!(cfg.vcpus, 1);
         assert_eq!(cfg.kernel, Some("/from-file".into()));
         assert_eq!(cfg.fs.len(), 2, "repeatable devices add to the file's");
+    }
+
+    #[test]
+    fn a_repeated_flag_takes_the_last_value() {
+        let cfg = cli(&["--kernel", "/a", "--vcpus", "2", "--vcpus", "3"])
+            .unwrap()
+            .to_config()
+            .unwrap();
+        assert_eq!(cfg.vcpus, 3);
     }
 
     #[test]
