@@ -29,10 +29,18 @@ exec 9>"$cache_root/.lock"
 flock 9
 
 # --- 1. the kernel package, unpacked and cached by version ------------------
-pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
-    awk '/Depends: linux-image-[0-9]/ { print $2; exit }') || true
-version=""
-if [ -n "$pkg" ]; then
+pkg="" version=""
+# apt-cache takes seconds on a busy machine: reuse the last answer until the apt
+# lists change.
+if [ -f "$outdir/package" ] && [ "$outdir/package" -nt /var/lib/apt/lists ]; then
+    read -r pkg version <"$outdir/package" || true
+    [ -f "$cache_root/${pkg}_$version/vmlinux" ] || pkg="" version=""
+fi
+if [ -z "$pkg" ]; then
+    pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
+        awk '/Depends: linux-image-[0-9]/ { print $2; exit }') || true
+fi
+if [ -n "$pkg" ] && [ -z "$version" ]; then
     version=$(apt-cache policy "$pkg" 2>/dev/null | awk '/Candidate:/ { print $2; exit }')
 fi
 if [ -z "$pkg" ] || [ -z "$version" ] || [ "$version" = "(none)" ]; then
@@ -131,8 +139,8 @@ cp "$kdir/package" "$outdir/package"
 if [ "$want_qemu" = 1 ]; then
     qemu=$(command -v qemu-system-x86_64) || die "qemu-system-x86_64 not found (make deps)"
     qstamp=$( {
-        sha256sum "$qemu" "$here/build.sh"
-        ldd "$qemu"
+        stat -L -c '%n %s %Y' "$qemu" /usr/share/seabios/bios-256k.bin 2>/dev/null
+        sha256sum "$here/build.sh"
     } | sha256sum | cut -c1-16)
     if [ ! -f "$outdir/qemu.cpio" ] || [ "$(cat "$outdir/qemu.stamp" 2>/dev/null)" != "$qstamp" ]; then
         root=$(mktemp -d)

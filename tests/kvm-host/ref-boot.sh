@@ -17,10 +17,12 @@ microvm) mopts="-M microvm,${MOAT_REF_MICROVM_OPTS:-x-option-roms=off,isa-serial
 *) echo "ref-boot: unknown machine $machine" >&2; exit 2 ;;
 esac
 now() { cut -d' ' -f1 /proc/uptime; }
+logdir=$(mktemp -d "${TMPDIR:-/tmp}/ref-boot.XXXXXX") || exit 1
+trap 'rm -rf "$logdir"' EXIT
 rc=0
 i=1
 while [ "$i" -le "$runs" ]; do
-    log=/tmp/ref-boot-$i.log
+    log=$logdir/run-$i.log
     start=$(now)
     timeout "${MOAT_REF_TIMEOUT:-120}" qemu-system-x86_64 $mopts -enable-kvm -cpu qemu64 -m 256 -smp 1 \
         -nodefaults -no-user-config -display none -no-reboot \
