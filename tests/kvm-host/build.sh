@@ -7,8 +7,9 @@
 #   tests/kvm-host/build.sh --qemu [OUTDIR] (also the QEMU bundle, qemu.cpio)
 #
 # OUTDIR gets: vmlinux (uncompressed ELF), base.cpio.gz (padded to 4 bytes, so
-# further cpio archives can be appended), and with --qemu, qemu.cpio: QEMU, its
-# shared libraries and firmware, to run a reference VMM inside the test host.
+# further cpio archives can be appended), ref-initrd.cpio (the reference boot's
+# /init, from ref-init.c), and with --qemu, qemu.cpio: QEMU, its shared libraries
+# and firmware, to run a reference VMM inside the test host.
 #
 # The kernel package is downloaded with `apt-get download` and unpacked once into
 # ${MOAT_CACHE:-~/.cache/moat}/testhost/<package>_<version>/. Without apt lists
@@ -28,10 +29,18 @@ exec 9>"$cache_root/.lock"
 flock 9
 
 # --- 1. the kernel package, unpacked and cached by version ------------------
-pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
-    awk '/Depends: linux-image-[0-9]/ { print $2; exit }') || true
-version=""
-if [ -n "$pkg" ]; then
+pkg="" version=""
+# apt-cache takes seconds on a busy machine: reuse the last answer until the apt
+# lists change.
+if [ -f "$outdir/package" ] && [ "$outdir/package" -nt /var/lib/apt/lists ]; then
+    read -r pkg version <"$outdir/package" || true
+    [ -f "$cache_root/${pkg}_$version/vmlinux" ] || pkg="" version=""
+fi
+if [ -z "$pkg" ]; then
+    pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
+        awk '/Depends: linux-image-[0-9]/ { print $2; exit }') || true
+fi
+if [ -n "$pkg" ] && [ -z "$version" ]; then
     version=$(apt-cache policy "$pkg" 2>/dev/null | awk '/Candidate:/ { print $2; exit }')
 fi
 if [ -z "$pkg" ] || [ -z "$version" ] || [ "$version" = "(none)" ]; then
@@ -48,6 +57,7 @@ if [ ! -f "$kdir/vmlinux" ]; then
     tmp=$(mktemp -d "$cache_root/dl.XXXXXX")
     trap 'rm -rf "$tmp"' EXIT
     echo "test host: fetching $pkg=$version"
+    # (apt warns that _apt cannot write to the directory; that is harmless.)
     (cd "$tmp" && apt-get download -q "$pkg=$version" 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2) ||
         true
     deb=$(find "$tmp" -maxdepth 1 -name '*.deb' | head -n1)
@@ -109,14 +119,28 @@ if [ ! -f "$outdir/base.cpio.gz" ] || [ "$(cat "$outdir/base.stamp" 2>/dev/null)
     trap - EXIT
 fi
 cmp -s "$kdir/vmlinux" "$outdir/vmlinux" || cp "$kdir/vmlinux" "$outdir/vmlinux"
+
+# --- 3. reference-boot initramfs: /init = ref-init.c, static ------------------
+rstamp=$(cat "$here/ref-init.c" "$here/build.sh" | sha256sum | cut -c1-16)
+if [ ! -f "$outdir/ref-initrd.cpio" ] || [ "$(cat "$outdir/ref-initrd.stamp" 2>/dev/null)" != "$rstamp" ]; then
+    root=$(mktemp -d)
+    trap 'rm -rf "$root"' EXIT
+    gcc -static -Os -Wall -Wextra -Werror -o "$root/init" "$here/ref-init.c" ||
+        die "cannot build ref-init.c statically (make deps: build-essential)"
+    (cd "$root" && echo init | cpio -o -H newc -R 0:0 --quiet) >"$outdir/ref-initrd.cpio.tmp"
+    mv "$outdir/ref-initrd.cpio.tmp" "$outdir/ref-initrd.cpio"
+    echo "$rstamp" >"$outdir/ref-initrd.stamp"
+    rm -rf "$root"
+    trap - EXIT
+fi
 cp "$kdir/package" "$outdir/package"
 
-# --- 3. optional QEMU bundle (reference VMM inside the test host) ------------
+# --- 4. optional QEMU bundle (reference VMM inside the test host) ------------
 if [ "$want_qemu" = 1 ]; then
     qemu=$(command -v qemu-system-x86_64) || die "qemu-system-x86_64 not found (make deps)"
     qstamp=$( {
-        sha256sum "$qemu"
-        ldd "$qemu"
+        stat -L -c '%n %s %Y' "$qemu" /usr/share/seabios/bios-256k.bin 2>/dev/null
+        sha256sum "$here/build.sh"
     } | sha256sum | cut -c1-16)
     if [ ! -f "$outdir/qemu.cpio" ] || [ "$(cat "$outdir/qemu.stamp" 2>/dev/null)" != "$qstamp" ]; then
         root=$(mktemp -d)
@@ -124,17 +148,22 @@ if [ "$want_qemu" = 1 ]; then
         mkdir -p "$root/usr/bin" "$root/usr/share"
         cp "$qemu" "$root/usr/bin/"
         # Every shared library at its own path, plus the dynamic loader.
-        ldd "$qemu" | awk '/=> \// { print $3 } /^\s*\/.*ld-linux/ { print $1 }' |
+        ldd "$qemu" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' |
             while read -r lib; do
                 mkdir -p "$root$(dirname "$lib")"
                 cp -L "$lib" "$root$lib"
             done
         # Firmware for -M pc (SeaBIOS, PVH and linuxboot option ROMs) and -M microvm.
-        mkdir -p "$root/usr/share/qemu"
-        for f in bios-256k.bin bios-microvm.bin pvh.bin linuxboot_dma.bin linuxboot.bin \
-            kvmvapic.bin multiboot_dma.bin qboot.rom; do
-            [ -e "/usr/share/qemu/$f" ] && cp -L "/usr/share/qemu/$f" "$root/usr/share/qemu/"
+        # Debian's QEMU looks in /usr/share/qemu, then /usr/share/seabios.
+        for d in /usr/share/qemu /usr/share/seabios; do
+            mkdir -p "$root$d"
+            for f in bios-256k.bin bios-microvm.bin pvh.bin linuxboot_dma.bin linuxboot.bin \
+                kvmvapic.bin multiboot_dma.bin qboot.rom; do
+                if [ -e "$d/$f" ]; then cp -L "$d/$f" "$root$d/"; fi
+            done
         done
+        [ -e "$root/usr/share/seabios/bios-256k.bin" ] || [ -e "$root/usr/share/qemu/bios-256k.bin" ] ||
+            die "SeaBIOS bios-256k.bin not found (make deps: seabios)"
         (cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) \
             >"$outdir/qemu.cpio.tmp"
         mv "$outdir/qemu.cpio.tmp" "$outdir/qemu.cpio"
