@@ -427,6 +427,10 @@ fn start_vcpus(
     Ok(handles)
 }
 
+fn elapsed_us(start: Instant) -> u128 {
+    start.elapsed().as_micros()
+}
+
 /// Builds the VM described by `config` and starts it. `start` is when the VMM
 /// process started (the boot marker's zero).
 pub fn build_microvm(config: &VmConfig, start: Instant) -> Result<Vmm, StartVmError> {
@@ -459,7 +463,13 @@ pub fn build_microvm_with(
 
     let vm = create_vm()?;
     let mem = setup_memory(&vm, config.memory_bytes())?;
+    tracing::debug!(elapsed_us = elapsed_us(start), "vm and guest memory ready");
     let (kernel, initrd) = load_kernel(&mem, config)?;
+    tracing::debug!(
+        elapsed_us = elapsed_us(start),
+        ?initrd,
+        "kernel and initrd loaded"
+    );
 
     // Ordering: the irqchip comes before any vCPU (KVM refuses to create one
     // once vCPUs exist) and before any irqfd (an irqfd injects into it).
@@ -505,6 +515,7 @@ pub fn build_microvm_with(
 
     // Ordering: vCPUs start last, once everything they can reach exists.
     let handles = start_vcpus(vcpus, &exit)?;
+    tracing::debug!(elapsed_us = elapsed_us(start), "vcpus started");
     Ok(Vmm::new(
         vm,
         mem,

@@ -4,7 +4,10 @@
 //!
 //! Rules, following what Firecracker does so nested hosts accept the guest:
 //! - leaf 0x1: initial APIC ID = vCPU index, logical-processor count, HTT when
-//!   there is more than one vCPU, and the hypervisor bit;
+//!   there is more than one vCPU, the hypervisor bit, and the TSC-deadline timer
+//!   when KVM emulates it (`KVM_GET_SUPPORTED_CPUID` never reports that bit; it
+//!   is a capability). Without it the guest programs its LAPIC timer in one-shot
+//!   mode and calibrates it at boot, which costs a nested host dearly;
 //! - topology: one thread per core, all vCPUs cores of one package; leaves 0xb and
 //!   0x1f (x2APIC topology), 0x4 (Intel caches), 0x8000_0008 / 0x8000_001d /
 //!   0x8000_001e (AMD) rewritten to say so;
@@ -25,6 +28,7 @@ pub enum Vendor {
 const LEAF_0X1_EBX_APIC_ID_SHIFT: u32 = 24;
 const LEAF_0X1_EBX_CPU_COUNT_SHIFT: u32 = 16;
 const LEAF_0X1_EBX_CLFLUSH_SHIFT: u32 = 8;
+const LEAF_0X1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 const LEAF_0X1_ECX_HYPERVISOR: u32 = 1 << 31;
 const LEAF_0X1_EDX_HTT: u32 = 1 << 28;
 const LEAF_0X6_EAX_TURBO: u32 = 1 << 1;
@@ -88,12 +92,20 @@ fn set_field(reg: u32, shift: u32, width: u32, value: u32) -> u32 {
     (reg & !mask) | ((value << shift) & mask)
 }
 
+/// Host facts that shape the CPUID beyond KVM's supported entries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuidOptions {
+    /// KVM emulates the TSC-deadline LAPIC timer (`KVM_CAP_TSC_DEADLINE_TIMER`).
+    pub tsc_deadline: bool,
+}
+
 /// Returns the CPUID entries of vCPU `vcpu_id` (of `cpu_count`), from KVM's
 /// supported entries.
 pub fn normalize(
     supported: &[kvm_cpuid_entry2],
     vcpu_id: u8,
     cpu_count: u8,
+    options: CpuidOptions,
 ) -> Vec<kvm_cpuid_entry2> {
     let vendor = vendor(supported);
     let cpu_count = cpu_count.max(1);
@@ -110,6 +122,11 @@ pub fn normalize(
                     e.ebx = set_field(e.ebx, LEAF_0X1_EBX_CLFLUSH_SHIFT, 8, 8);
                 }
                 e.ecx |= LEAF_0X1_ECX_HYPERVISOR;
+                if options.tsc_deadline {
+                    e.ecx |= LEAF_0X1_ECX_TSC_DEADLINE;
+                } else {
+                    e.ecx &= !LEAF_0X1_ECX_TSC_DEADLINE;
+                }
                 if cpu_count > 1 {
                     e.edx |= LEAF_0X1_EDX_HTT;
                 } else {
@@ -271,21 +288,37 @@ mod tests {
     fn leaf1_per_vcpu() {
         let host = intel_host();
         for (id, count) in [(0u8, 1u8), (2, 4), (31, 32)] {
-            let out = normalize(&host, id, count);
+            let out = normalize(&host, id, count, CpuidOptions::default());
             let l1 = find(&out, 1, 0);
             assert_eq!(l1.ebx >> 24, u32::from(id));
             assert_eq!((l1.ebx >> 16) & 0xff, u32::from(count));
             assert_eq!((l1.ebx >> 8) & 0xff, 8, "clflush kept");
             assert_ne!(l1.ecx & LEAF_0X1_ECX_HYPERVISOR, 0);
             assert_eq!(l1.edx & LEAF_0X1_EDX_HTT != 0, count > 1);
-            // Other feature bits untouched.
-            assert_eq!(l1.ecx & 0x7fff_ffff, 0x7ffa_fbff);
+            // Other feature bits untouched; no TSC deadline unless KVM has it.
+            assert_eq!(l1.ecx & LEAF_0X1_ECX_TSC_DEADLINE, 0);
+            assert_eq!(
+                l1.ecx & 0x7fff_ffff & !LEAF_0X1_ECX_TSC_DEADLINE,
+                0x7ffa_fbff & !LEAF_0X1_ECX_TSC_DEADLINE
+            );
         }
     }
 
     #[test]
+    fn tsc_deadline_follows_the_capability() {
+        let with = CpuidOptions { tsc_deadline: true };
+        let l1 = find(&normalize(&amd_host(), 0, 1, with), 1, 0);
+        assert_ne!(l1.ecx & LEAF_0X1_ECX_TSC_DEADLINE, 0);
+        // A host entry claiming it is overruled when KVM lacks the capability.
+        let mut host = amd_host();
+        host[1].ecx |= LEAF_0X1_ECX_TSC_DEADLINE;
+        let l1 = find(&normalize(&host, 0, 1, CpuidOptions::default()), 1, 0);
+        assert_eq!(l1.ecx & LEAF_0X1_ECX_TSC_DEADLINE, 0);
+    }
+
+    #[test]
     fn intel_topology_and_caches() {
-        let out = normalize(&intel_host(), 3, 4);
+        let out = normalize(&intel_host(), 3, 4, CpuidOptions::default());
         let smt = find(&out, 0xb, 0);
         assert_eq!((smt.eax, smt.ebx, smt.ecx, smt.edx), (0, 1, 0x100, 3));
         let core = find(&out, 0xb, 1);
@@ -318,7 +351,7 @@ mod tests {
 
     #[test]
     fn amd_topology_and_caches() {
-        let out = normalize(&amd_host(), 5, 6);
+        let out = normalize(&amd_host(), 5, 6, CpuidOptions::default());
         let l8 = find(&out, 0x8000_0008, 0);
         assert_eq!(l8.ecx & 0xff, 5);
         assert_eq!((l8.ecx >> 12) & 0xf, 3);
@@ -336,7 +369,7 @@ mod tests {
 
     #[test]
     fn zero_cpu_count_is_treated_as_one() {
-        let out = normalize(&intel_host(), 0, 0);
+        let out = normalize(&intel_host(), 0, 0, CpuidOptions::default());
         let l1 = find(&out, 1, 0);
         assert_eq!((l1.ebx >> 16) & 0xff, 1);
         assert_eq!(l1.edx & LEAF_0X1_EDX_HTT, 0);

@@ -311,6 +311,7 @@ pub fn setup_irqchip(vm: &VmFd) -> Result<(), IrqchipError> {
 #[derive(Debug)]
 pub struct CpuTemplate {
     supported: CpuId,
+    options: cpuid::CpuidOptions,
 }
 
 /// Why the CPU template could not be read.
@@ -323,7 +324,10 @@ impl CpuTemplate {
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(CpuTemplateError)?;
-        Ok(CpuTemplate { supported })
+        let options = cpuid::CpuidOptions {
+            tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
+        };
+        Ok(CpuTemplate { supported, options })
     }
 }
 
@@ -371,7 +375,12 @@ pub fn configure_vcpu(
     cpu_count: u8,
     entry: EntryPoint,
 ) -> Result<(), ConfigureVcpuError> {
-    let entries = cpuid::normalize(template.supported.as_slice(), id, cpu_count);
+    let entries = cpuid::normalize(
+        template.supported.as_slice(),
+        id,
+        cpu_count,
+        template.options,
+    );
     let cpuid = CpuId::from_entries(&entries)
         .map_err(|error| ConfigureVcpuError::BuildCpuid { vcpu: id, error })?;
     vcpu.set_cpuid2(&cpuid)
