@@ -46,7 +46,8 @@ int main(int argc, char **argv) {
         if (sp) *sp = 0;
         close(u);
     }
-    printf("moat-boot-test: init reached, uptime %s s\n", up);
+    printf("moat-boot-test: init reached, uptime %s s, %ld cpus\n", up,
+           sysconf(_SC_NPROCESSORS_ONLN));
     fflush(stdout);
     if (argc > 1 && strcmp(argv[1], "cpuinfo") == 0) {
         char buf[4096];
