@@ -16,6 +16,7 @@
 //!    and backend fds) and returns;
 //! 4. on a driver reset (status 0) the transport calls [`VirtioDevice::reset`].
 
+pub mod block;
 pub mod queue_util;
 pub mod rng;
 

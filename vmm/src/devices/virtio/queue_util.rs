@@ -48,7 +48,8 @@ pub struct Segments {
 }
 
 impl Segments {
-    fn push(&mut self, seg: Segment) {
+    /// Appends a buffer (a zero-length one is left out).
+    pub fn push(&mut self, seg: Segment) {
         if seg.len > 0 {
             self.len += u64::from(seg.len);
             self.segs.push(seg);
