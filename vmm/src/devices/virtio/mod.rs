@@ -17,6 +17,7 @@
 //! 4. on a driver reset (status 0) the transport calls [`VirtioDevice::reset`].
 
 pub mod block;
+pub mod net;
 pub mod queue_util;
 pub mod rng;
 

@@ -475,6 +475,12 @@ impl EventLoop {
             .ctl(ControlOperation::Modify, fd, EpollEvent::new(events, token))
     }
 
+    /// Stops watching `fd`.
+    pub fn remove(&self, fd: RawFd) -> io::Result<()> {
+        self.epoll
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default())
+    }
+
     /// Blocks until at least one fd is ready; returns their tokens. An
     /// interrupted wait returns an empty list.
     pub fn wait(&mut self) -> io::Result<&[u64]> {
