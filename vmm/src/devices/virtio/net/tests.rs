@@ -387,15 +387,27 @@ fn tx_hostile_chains_are_dropped() {
         g.tx.write_raw(&[(a, 12, NEXT, base + 1), (a + 12, 64, NEXT, base)]);
     g.tx.publish(head);
     assert!(g.tx.kick_and_wait(n));
+    // A next index past the queue.
+    let n = n + 1;
+    let head = g.tx.write_raw(&[(a, 12, NEXT, 4000)]);
+    g.tx.publish(head);
+    assert!(g.tx.kick_and_wait(n));
     // A head out of range: consumed, cannot be returned.
     g.tx.publish(300);
+    // avail.idx more than a queue ahead: nothing is taken until it is sane.
+    let idx = g.tx.avail_idx();
+    g.tx.set_avail_idx(idx.wrapping_add(257));
+    g.tx.kick();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(g.tx.used_idx(), n);
+    g.tx.set_avail_idx(idx);
     // Still working.
     g.send(&frame);
     assert_eq!(recv_peer(&peer), with_hdr(VirtioNetHdr::default(), &frame));
     assert!(peer_quiet(&peer), "no dropped frame reached the tap");
     let s = dev.stats();
     assert_eq!(stat(&s.tx_dropped_oversized), 1);
-    assert_eq!(stat(&s.tx_malformed), 8);
+    assert_eq!(stat(&s.tx_malformed), 9);
     assert_eq!(stat(&s.tx_frames), 1);
     assert!(dev.reset());
 }
