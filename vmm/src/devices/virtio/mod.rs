@@ -16,6 +16,11 @@
 //!    and backend fds) and returns;
 //! 4. on a driver reset (status 0) the transport calls [`VirtioDevice::reset`].
 
+pub mod block;
+pub mod net;
+pub mod queue_util;
+pub mod rng;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
