@@ -56,6 +56,10 @@ mod config;
 mod filesystem;
 mod worker;
 
+#[cfg(test)]
+mod test_client;
+#[cfg(test)]
+mod tests;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
