@@ -384,6 +384,41 @@ fn reset_starts_a_fresh_fuse_session() {
 }
 
 #[test]
+fn a_full_ring_is_served_in_batches() {
+    // More chains than one batch, with a single notification: the worker must
+    // come back for the rest by itself.
+    let t = Tree::new();
+    let mut g = guest(vec![mount("/", &t.share, true)]);
+    let count = 400;
+    assert!(count > super::worker::BATCH_BUDGET && 2 * count < usize::from(QUEUE_SIZE));
+    let mut heads = Vec::new();
+    for _ in 0..count {
+        let name = CString::new("marker").unwrap();
+        let (_, req) = g.request(FUSE_LOOKUP, ROOT_ID, &[name.as_bytes_with_nul()]);
+        let addr = g.alloc(req.len() as u32);
+        g.mem.write_slice(&req, GuestAddress(addr)).unwrap();
+        let reply = g.alloc(256);
+        let segs = [
+            Segment {
+                addr,
+                len: req.len() as u32,
+                writable: false,
+            },
+            Segment {
+                addr: reply,
+                len: 256,
+                writable: true,
+            },
+        ];
+        heads.push(g.push_chain(1, &segs));
+    }
+    g.kick(1);
+    for head in heads {
+        assert_eq!(g.wait_used(1).0, head);
+    }
+}
+
+#[test]
 fn indirect_descriptor_chains_are_served() {
     let t = Tree::new();
     let mut g = guest(vec![mount("/", &t.share, true)]);

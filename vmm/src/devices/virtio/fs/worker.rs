@@ -49,6 +49,11 @@ const STOP_TOKEN: u64 = u64::MAX;
 /// headers in fuse-backend-rs; a 1 MiB WRITE is 1 MiB + 80 bytes).
 pub(super) const MAX_REQUEST_SIZE: usize = (1 << 20) + 4096;
 
+/// Chains served from one queue before the worker looks at its other queues
+/// and the stop eventfd again; a guest that keeps the ring full cannot starve
+/// them or keep the device from stopping.
+pub(super) const BATCH_BUDGET: usize = 256;
+
 /// Dropped chains logged in full before logging only every
 /// [`DROP_LOG_EVERY`]th.
 const DROP_LOG_FIRST: u64 = 16;
@@ -204,14 +209,23 @@ impl Worker {
         }
     }
 
-    /// Serves every available chain of queue `index`, then interrupts the guest
-    /// once if any chain was used.
+    /// Serves up to [`BATCH_BUDGET`] available chains of queue `index`, then
+    /// interrupts the guest once if any chain was used. With chains left over it
+    /// signals the queue's own eventfd, so the epoll loop comes back to it.
     fn process_queue(&mut self, index: usize) {
         let mut used_any = false;
+        let mut served = 0;
         loop {
             let Some(q) = self.queues.get_mut(index) else {
                 return;
             };
+            if served == BATCH_BUDGET {
+                if let Err(e) = q.notify.write(1) {
+                    tracing::error!(tag = %self.tag, queue = index, error = %e, "virtio-fs: re-arm queue");
+                }
+                break;
+            }
+            served += 1;
             let Some(chain) = q.queue.pop_descriptor_chain(&self.mem) else {
                 break;
             };
