@@ -57,6 +57,7 @@ pub(super) const BATCH_BUDGET: usize = 256;
 /// Dropped chains logged in full before logging only every
 /// [`DROP_LOG_EVERY`]th.
 const DROP_LOG_FIRST: u64 = 16;
+/// A power of two.
 const DROP_LOG_EVERY: u64 = 4096;
 
 pub(super) type FsServer = Server<Arc<ShareFs>>;
@@ -311,7 +312,7 @@ impl Worker {
     /// [`DROP_LOG_EVERY`], so a guest cannot flood the VMM's log.
     fn note_drop(&self, queue: usize, what: &str, error: &dyn std::fmt::Display) {
         let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-        if n <= DROP_LOG_FIRST || n % DROP_LOG_EVERY == 0 {
+        if n <= DROP_LOG_FIRST || n & (DROP_LOG_EVERY - 1) == 0 {
             tracing::warn!(
                 tag = %self.tag,
                 queue,
