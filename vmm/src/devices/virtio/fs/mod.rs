@@ -57,6 +57,8 @@ mod filesystem;
 mod worker;
 
 #[cfg(test)]
+mod host_overlay;
+#[cfg(test)]
 mod test_client;
 #[cfg(test)]
 mod tests;
