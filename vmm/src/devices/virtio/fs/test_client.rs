@@ -1,8 +1,15 @@
 //! Test-only guest for the virtio-fs device: a simulated driver that lays out
-//! split virtqueues in guest memory (`MockSplitQueue`), places requests in
-//! readable descriptors and collects replies from writable ones, and a small FUSE
-//! client that builds requests from its own wire structs (written from
-//! `include/uapi/linux/fuse.h`, independently of fuse-backend-rs's).
+//! split virtqueues in guest memory, places requests in readable descriptors and
+//! collects replies from writable ones, and a small FUSE client that builds
+//! requests from its own wire structs (written from `include/uapi/linux/fuse.h`,
+//! independently of fuse-backend-rs's).
+//!
+//! The rings are laid out here rather than with `virtio_queue::mock::
+//! MockSplitQueue`: in virtio-queue 0.17 its `SplitQueueRing::end()` counts ring
+//! elements as bytes, so the used ring it places overlaps the second half of
+//! the available ring, and a test that publishes more than `size / 2` chains
+//! sees its available ring overwritten by the device's used index
+//! (`many_requests_wrap_the_rings` runs past that point).
 //!
 //! It owns nothing outside tests.
 
@@ -11,8 +18,7 @@ use std::time::{Duration, Instant};
 
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -330,15 +336,27 @@ fn activation(
         // Zero the rings (a reset reuses the memory).
         mem.write_slice(&vec![0u8; QUEUE_STRIDE as usize], base)
             .unwrap();
-        let mock = MockSplitQueue::create(mem, base, QUEUE_SIZE);
-        let queue: Queue = mock.create_queue().unwrap();
+        // virtio 1.2 §2.7: descriptor table (16 bytes each), then the available
+        // ring (flags, idx, ring[size], used_event), then the used ring (4-byte
+        // aligned: flags, idx, ring[size] of 8 bytes, avail_event).
+        let size = u64::from(QUEUE_SIZE);
+        let desc_table = base;
+        let avail = desc_table.unchecked_add(16 * size);
+        let used = GuestAddress((avail.0 + 6 + 2 * size).next_multiple_of(4));
+        assert!(used.0 + 6 + 8 * size <= base.0 + QUEUE_STRIDE);
+        let mut queue = Queue::new(QUEUE_SIZE).unwrap();
+        queue.set_size(QUEUE_SIZE);
+        queue.set_desc_table_address(Some(desc_table.0 as u32), Some((desc_table.0 >> 32) as u32));
+        queue.set_avail_ring_address(Some(avail.0 as u32), Some((avail.0 >> 32) as u32));
+        queue.set_used_ring_address(Some(used.0 as u32), Some((used.0 >> 32) as u32));
+        queue.set_ready(true);
         let fd = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         notify.push(fd.try_clone().unwrap());
         active.push(ActiveQueue { queue, notify: fd });
         layouts.push(QueueLayout {
-            desc_table: mock.desc_table_addr(),
-            avail: mock.avail_addr(),
-            used: mock.used_addr(),
+            desc_table,
+            avail,
+            used,
             next_desc: 0,
             avail_idx: 0,
             used_seen: 0,

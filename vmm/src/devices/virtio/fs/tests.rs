@@ -419,6 +419,47 @@ fn a_full_ring_is_served_in_batches() {
 }
 
 #[test]
+fn many_requests_wrap_the_rings() {
+    // Several laps of the descriptor table, the available ring and the used
+    // ring, in pipelined batches.
+    let t = Tree::new();
+    let mut g = guest(vec![mount("/", &t.share, true)]);
+    let e = g.lookup(ROOT_ID, "marker").unwrap();
+    let getattr = GetattrIn::default();
+    for _ in 0..12 {
+        let mut sent = Vec::new();
+        for _ in 0..256 {
+            let (unique, req) = g.request(FUSE_GETATTR, e.nodeid, &[getattr.as_slice()]);
+            let addr = g.alloc(req.len() as u32);
+            g.mem.write_slice(&req, GuestAddress(addr)).unwrap();
+            let reply = g.alloc(256);
+            let segs = [
+                Segment {
+                    addr,
+                    len: req.len() as u32,
+                    writable: false,
+                },
+                Segment {
+                    addr: reply,
+                    len: 256,
+                    writable: true,
+                },
+            ];
+            sent.push((g.push_chain(1, &segs), unique, reply));
+        }
+        g.kick(1);
+        for (head, unique, reply) in sent {
+            let (id, len) = g.wait_used(1);
+            assert_eq!(id, head);
+            let mut out = vec![0u8; len as usize];
+            g.mem.read_slice(&mut out, GuestAddress(reply)).unwrap();
+            let body = super::test_client::parse_reply(unique, &out).unwrap();
+            assert_eq!(read_struct::<AttrOut>(&body).attr.size, 6);
+        }
+    }
+}
+
+#[test]
 fn indirect_descriptor_chains_are_served() {
     let t = Tree::new();
     let mut g = guest(vec![mount("/", &t.share, true)]);
