@@ -36,6 +36,8 @@ pub enum SandboxError {
     NotDirectory { path: PathBuf },
     #[error("virtio-fs sandbox: share {} is listed both read-only and read-write", path.display())]
     Conflict { path: PathBuf },
+    #[error("virtio-fs sandbox: share {} contains {system}; sharing it is not supported yet (its bind would hide the VMM's {system})", path.display())]
+    SystemDir { path: PathBuf, system: &'static str },
     #[error("virtio-fs sandbox: read thread count: {0}")]
     ThreadCount(#[source] io::Error),
     #[error("virtio-fs sandbox: process has {0} threads; enter the sandbox before starting any")]
@@ -58,6 +60,9 @@ pub enum SandboxError {
         source: io::Error,
     },
 }
+
+/// Mounts the VMM relies on, which no share may contain.
+const SYSTEM_DIRS: [&str; 3] = ["/proc", "/dev", "/sys"];
 
 /// One directory to restrict, after resolution.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +87,13 @@ fn plan<'a>(mounts: impl IntoIterator<Item = &'a FsMount>) -> Result<Vec<Share>,
             return Err(SandboxError::NotDirectory {
                 path: m.host_dir.clone(),
             });
+        }
+        // Binds are not recursive, so a share above these would hide the
+        // mounts the VMM itself needs (/proc/self/fd, /dev/kvm) behind it.
+        for system in SYSTEM_DIRS {
+            if Path::new(system).starts_with(&path) {
+                return Err(SandboxError::SystemDir { path, system });
+            }
         }
         match by_path.get(&path) {
             Some(&ro) if ro != m.read_only => return Err(SandboxError::Conflict { path }),
@@ -221,6 +233,13 @@ mod tests {
 
         let mounts = [m(&inner, true), m(&inner, false)];
         assert!(matches!(plan(&mounts), Err(SandboxError::Conflict { .. })));
+
+        for system in ["/", "/dev", "/proc"] {
+            assert!(matches!(
+                plan(&[m(Path::new(system), true)]),
+                Err(SandboxError::SystemDir { .. })
+            ));
+        }
 
         let file = outer.join("f");
         std::fs::write(&file, b"").unwrap();
