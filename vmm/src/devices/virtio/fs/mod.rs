@@ -22,9 +22,9 @@
 //!   answer `EROFS`, link/rename across mounts `EXDEV`, device nodes other than
 //!   whiteouts `EPERM`, guest-sized buffers are capped.
 //! - [`sandbox::enter`] puts the VMM in a private mount namespace where every
-//!   share is bind-mounted `nodev,nosuid`, and `ro` when read-only: the kernel
-//!   enforces read-only a second time, and a device node in a share can never
-//!   be opened through it.
+//!   share is bind-mounted `nodev,nosuid,noexec`, and `ro` when read-only: the
+//!   kernel enforces read-only a second time, and a device node in a share can
+//!   never be opened through it.
 //!
 //! # Why in-process, not `virtiofsd`
 //! fuse-backend-rs serves the FUSE requests inside the VMM, on the device's
@@ -62,6 +62,12 @@
 //!   FUSE (the guest keeps locks local), ioctls, `lseek` with `SEEK_DATA`.
 //! - VIRTIO_F_EVENT_IDX and notification suppression: every batch of used
 //!   buffers raises an interrupt.
+//! - Shares that contain `/proc`, `/dev` or `/sys` (e.g. `-v /:/host`) under the
+//!   sandbox.
+//! - ID mapping: files are created with the guest's uid/gid, and the guest may
+//!   set any xattr (including `security.capability`) and setuid bits in a
+//!   read-write share. The host must treat such a directory as hostile (moatd:
+//!   never follow its symlinks, never execute from it).
 
 pub mod sandbox;
 
