@@ -28,6 +28,8 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+pub mod fs;
+
 /// Feature bit every modern (non-legacy) device offers.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
