@@ -16,6 +16,8 @@
 //!    and backend fds) and returns;
 //! 4. on a driver reset (status 0) the transport calls [`VirtioDevice::reset`].
 
+pub mod vsock;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
