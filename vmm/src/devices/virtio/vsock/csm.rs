@@ -617,6 +617,10 @@ impl Connection {
             let max = (credit as usize)
                 .min(buf.payload_capacity())
                 .min(scratch.len());
+            if max == 0 {
+                // A zero-length read would look like EOF.
+                break;
+            }
             match (&self.stream).read(&mut scratch[..max]) {
                 Ok(0) => {
                     self.host_eof = true;

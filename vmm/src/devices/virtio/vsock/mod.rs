@@ -87,7 +87,7 @@ impl Default for Tunables {
             close_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
             max_connections: 1024,
-            max_handshakes: 64,
+            max_handshakes: 128,
         }
     }
 }

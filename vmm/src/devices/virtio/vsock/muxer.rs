@@ -251,6 +251,9 @@ impl Muxer {
             );
             self.tokens.insert(token, Slot::Handshake);
             self.timers.push(Reverse((deadline, token)));
+            // Clients usually send their line with the connect: read it now so
+            // a burst of clients does not pile up as pending handshakes.
+            self.advance_handshake(token);
         }
     }
 

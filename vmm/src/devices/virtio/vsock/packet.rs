@@ -200,7 +200,7 @@ pub enum PacketError {
     UnexpectedReadOnly,
     #[error("descriptor {addr:#x}+{len:#x} is outside guest memory")]
     OutOfMemory { addr: u64, len: u32 },
-    #[error("descriptor chain holds {len} bytes, less than the {HDR_SIZE}-byte header")]
+    #[error("descriptor chain holds {len} bytes, too few for a {HDR_SIZE}-byte header")]
     TooShort { len: usize },
     #[error("header len {len} exceeds the {available} payload bytes in the chain")]
     LenExceedsChain { len: u32, available: usize },
@@ -482,14 +482,16 @@ pub struct RxBuffer {
 
 impl RxBuffer {
     /// Parses an rx chain: only device-writable descriptors, all inside guest
-    /// memory, with room for at least the header.
+    /// memory, with room for the header and at least one payload byte (a
+    /// buffer that can carry no data would stall a connection with data to
+    /// deliver; Linux posts 4 KiB buffers).
     pub fn parse(
         mem: &GuestMemory,
         chain: DescriptorChain<&GuestMemory>,
     ) -> Result<RxBuffer, (u16, PacketError)> {
         let head = chain.head_index();
         let sg = SgList::from_chain(mem, chain, true).map_err(|e| (head, e))?;
-        if sg.len() < HDR_SIZE {
+        if sg.len() <= HDR_SIZE {
             return Err((head, PacketError::TooShort { len: sg.len() }));
         }
         Ok(RxBuffer { head, sg })
@@ -746,12 +748,14 @@ mod tests {
             RxBuffer::parse(&m, chain),
             Err((_, PacketError::UnexpectedReadOnly))
         ));
-        let chain = q
-            .build_desc_chain(&[desc(0x4000, 43, VRING_DESC_F_WRITE)])
-            .unwrap();
-        assert!(matches!(
-            RxBuffer::parse(&m, chain),
-            Err((_, PacketError::TooShort { len: 43 }))
-        ));
+        for len in [43, 44] {
+            let chain = q
+                .build_desc_chain(&[desc(0x4000, len, VRING_DESC_F_WRITE)])
+                .unwrap();
+            assert!(matches!(
+                RxBuffer::parse(&m, chain),
+                Err((_, PacketError::TooShort { .. }))
+            ));
+        }
     }
 }
