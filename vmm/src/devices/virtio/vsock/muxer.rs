@@ -41,6 +41,8 @@ const HOST_PORT_LAST: u32 = u32::MAX - 1;
 const MAX_PENDING_RST: usize = 1024;
 
 const TOKEN_LISTENER: u64 = 0;
+/// How long the listener is not polled after `accept` failed (out of fds).
+const LISTENER_PAUSE: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnKey {
@@ -206,10 +208,17 @@ impl Muxer {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // EMFILE and friends: the client stays in the backlog.
+                    // EMFILE and friends: the client stays in the backlog, and
+                    // the listener would stay readable. Stop polling it for a
+                    // while instead of spinning.
                     if self.log.allow() {
-                        tracing::warn!(device = "vsock", error = %e, "accept host client");
+                        tracing::warn!(
+                            device = "vsock",
+                            error = %e,
+                            "accept host client; pausing the listener"
+                        );
                     }
+                    self.pause_listener();
                     return;
                 }
             };
@@ -254,6 +263,29 @@ impl Muxer {
             // Clients usually send their line with the connect: read it now so
             // a burst of clients does not pile up as pending handshakes.
             self.advance_handshake(token);
+        }
+    }
+
+    fn pause_listener(&mut self) {
+        if let Err(e) = self.epoll.ctl(
+            ControlOperation::Modify,
+            self.listener.as_raw_fd(),
+            EpollEvent::new(EventSet::empty(), TOKEN_LISTENER),
+        ) {
+            tracing::error!(device = "vsock", error = %e, "pause listener");
+            return;
+        }
+        self.timers
+            .push(Reverse((Instant::now() + LISTENER_PAUSE, TOKEN_LISTENER)));
+    }
+
+    fn resume_listener(&mut self) {
+        if let Err(e) = self.epoll.ctl(
+            ControlOperation::Modify,
+            self.listener.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, TOKEN_LISTENER),
+        ) {
+            tracing::error!(device = "vsock", error = %e, "resume listener");
         }
     }
 
@@ -621,6 +653,10 @@ impl Muxer {
                 return;
             }
             self.timers.pop();
+            if token == TOKEN_LISTENER {
+                self.resume_listener();
+                continue;
+            }
             match self.tokens.get(&token).copied() {
                 Some(Slot::Handshake)
                     if self.handshakes.get(&token).is_some_and(|h| h.deadline == t) =>
@@ -745,6 +781,34 @@ mod tests {
         peer.read_exact(&mut buf).unwrap();
         assert_eq!(&buf, b"hi");
         drop(listener);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn paused_listener_resumes_on_its_timer() {
+        let dir = std::env::temp_dir().join(format!("moat-vsock-pause-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("v.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        let mem = GuestMemory::from_ranges(&[(vm_memory::GuestAddress(0), 0x1000)]).unwrap();
+        let mut mux = Muxer::new(
+            3,
+            path.clone(),
+            listener,
+            Tunables::default(),
+            Arc::new(VsockMetrics::default()),
+        )
+        .unwrap();
+        mux.pause_listener();
+        let _client = UnixStream::connect(&path).unwrap();
+        mux.process_host_events(&mem);
+        assert!(mux.handshakes.is_empty(), "paused listener accepted");
+        let now = Instant::now();
+        assert!(mux.next_timeout(now).unwrap() <= LISTENER_PAUSE);
+        mux.process_timers(now + LISTENER_PAUSE);
+        mux.process_host_events(&mem);
+        assert_eq!(mux.handshakes.len(), 1, "listener not resumed");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1710,3 +1710,55 @@ fn construction_checks_cid_and_socket_path() {
     drop(dev);
     assert!(!p.exists());
 }
+
+/// Throughput and footprint figures, not a pass/fail check. Run with
+/// `cargo test -p moat-vmm --release vsock::tests::figures -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement; run by hand in release mode"]
+fn figures() {
+    const N: usize = 64 << 20;
+    eprintln!(
+        "size_of Connection: {} bytes; per-connection buffer {} KiB, allocated only while the host lags",
+        std::mem::size_of::<super::csm::Connection>(),
+        Tunables::default().conn_buf_size / 1024
+    );
+    let mut rig = Rig::new(Tunables::default());
+    rig.net.g.rx_limit = QSIZE as usize;
+    rig.net.chunk = 64 * 1024;
+    let l = rig.host_listener(9900);
+    let (h, key) = rig.guest_connect(&l, 9901, 9900, 256 * 1024);
+
+    // Guest → host.
+    let data = pattern(77, N);
+    let mut hr = h.try_clone().unwrap();
+    let reader = thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0;
+        while total < N {
+            total += hr.read(&mut buf).unwrap();
+        }
+    });
+    let start = Instant::now();
+    rig.net.write(key, &data);
+    rig.net
+        .run_until("guest→host", |n| n.sock(key).out.is_empty());
+    reader.join().unwrap();
+    let up = start.elapsed();
+
+    // Host → guest (the guest consumes at once, like a reading application).
+    let mut hw = h.try_clone().unwrap();
+    let start = Instant::now();
+    let writer = thread::spawn(move || hw.write_all(&data).unwrap());
+    rig.net
+        .run_until("host→guest", |n| n.sock(key).received.len() == N);
+    writer.join().unwrap();
+    let down = start.elapsed();
+    let mib = (N >> 20) as f64;
+    eprintln!(
+        "guest→host: {mib} MiB in {:.2?} = {:.0} MiB/s; host→guest: {mib} MiB in {:.2?} = {:.0} MiB/s (4 KiB rx buffers)",
+        up,
+        mib / up.as_secs_f64(),
+        down,
+        mib / down.as_secs_f64()
+    );
+}
