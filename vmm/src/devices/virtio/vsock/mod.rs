@@ -86,7 +86,7 @@ impl Default for Tunables {
             connect_timeout: Duration::from_secs(2),
             close_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
-            max_connections: 1024,
+            max_connections: 512,
             max_handshakes: 128,
         }
     }
@@ -127,6 +127,7 @@ pub struct Vsock {
     config_space: [u8; 8],
     worker: Option<RunningWorker>,
     metrics: Arc<VsockMetrics>,
+    log: ratelimit::LogLimiter,
 }
 
 impl Vsock {
@@ -154,6 +155,7 @@ impl Vsock {
             listener,
             worker: None,
             metrics: Arc::new(VsockMetrics::default()),
+            log: ratelimit::LogLimiter::new(5, Duration::from_secs(1)),
         })
     }
 
@@ -236,6 +238,19 @@ impl VirtioDevice for Vsock {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config_space, offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // The guest's CID is read-only; a guest writing it repeatedly must not
+        // flood the log.
+        if self.log.allow() {
+            tracing::warn!(
+                device = "vsock",
+                offset,
+                len = data.len(),
+                "guest wrote read-only config space; ignored"
+            );
+        }
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {

@@ -259,7 +259,7 @@ impl Muxer {
                 },
             );
             self.tokens.insert(token, Slot::Handshake);
-            self.timers.push(Reverse((deadline, token)));
+            self.push_timer(deadline, token);
             // Clients usually send their line with the connect: read it now so
             // a burst of clients does not pile up as pending handshakes.
             self.advance_handshake(token);
@@ -426,12 +426,7 @@ impl Muxer {
             self.rx_queue.push_back(key);
         }
         let deadline = e.conn.deadline();
-        if deadline != e.timer {
-            e.timer = deadline;
-            if let Some(d) = deadline {
-                self.timers.push(Reverse((d, e.token)));
-            }
-        }
+        let token = e.token;
         let buffered = e.conn.buffered();
         let held = e.conn.held();
         self.metrics
@@ -439,6 +434,38 @@ impl Muxer {
         self.metrics.add_held(held as i64 - e.held as i64);
         e.buffered = buffered;
         e.held = held;
+        if deadline != e.timer {
+            e.timer = deadline;
+            if let Some(d) = deadline {
+                self.push_timer(d, token);
+            }
+        }
+    }
+
+    /// Schedules a timer. Superseded timers stay in the heap until due; when
+    /// they pile up (connections churning), the heap is rebuilt without them.
+    fn push_timer(&mut self, at: Instant, token: u64) {
+        self.timers.push(Reverse((at, token)));
+        let live = self.conns.len() + self.handshakes.len() + 1;
+        if self.timers.len() > 4 * live + 1024 {
+            let mut timers = std::mem::take(&mut self.timers).into_vec();
+            timers.retain(|Reverse((t, token))| self.timer_is_live(*t, *token));
+            self.timers = BinaryHeap::from(timers);
+        }
+    }
+
+    fn timer_is_live(&self, at: Instant, token: u64) -> bool {
+        if token == TOKEN_LISTENER {
+            return true;
+        }
+        match self.tokens.get(&token) {
+            Some(Slot::Handshake) => self
+                .handshakes
+                .get(&token)
+                .is_some_and(|h| h.deadline == at),
+            Some(Slot::Conn(key)) => self.conns.get(key).is_some_and(|e| e.timer == Some(at)),
+            None => false,
+        }
     }
 
     fn remove(&mut self, key: ConnKey, rst: bool) {
@@ -784,15 +811,13 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    #[test]
-    fn paused_listener_resumes_on_its_timer() {
-        let dir = std::env::temp_dir().join(format!("moat-vsock-pause-{}", std::process::id()));
+    fn test_muxer(dir_tag: &str) -> (Muxer, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("moat-vsock-{dir_tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("v.sock");
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path).unwrap();
-        let mem = GuestMemory::from_ranges(&[(vm_memory::GuestAddress(0), 0x1000)]).unwrap();
-        let mut mux = Muxer::new(
+        let mux = Muxer::new(
             3,
             path.clone(),
             listener,
@@ -800,6 +825,29 @@ mod tests {
             Arc::new(VsockMetrics::default()),
         )
         .unwrap();
+        (mux, dir)
+    }
+
+    #[test]
+    fn superseded_timers_do_not_pile_up() {
+        let (mut mux, dir) = test_muxer("timers");
+        let now = Instant::now();
+        for token in 1000..10_000 {
+            mux.push_timer(now + Duration::from_secs(60), token);
+        }
+        assert!(
+            mux.timers.len() <= 4 + 1024 + 1,
+            "{} timers kept",
+            mux.timers.len()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn paused_listener_resumes_on_its_timer() {
+        let (mut mux, dir) = test_muxer("pause");
+        let path = dir.join("v.sock");
+        let mem = GuestMemory::from_ranges(&[(vm_memory::GuestAddress(0), 0x1000)]).unwrap();
         mux.pause_listener();
         let _client = UnixStream::connect(&path).unwrap();
         mux.process_host_events(&mem);

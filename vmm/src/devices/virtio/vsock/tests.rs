@@ -796,7 +796,7 @@ fn read_ok_line(c: &mut UnixStream, net: &mut Stack) -> u32 {
 
 #[test]
 fn device_identity_and_config_space() {
-    let rig = Rig::new(fast());
+    let mut rig = Rig::new(fast());
     assert_eq!(rig.dev.device_type(), 19);
     assert_eq!(rig.dev.queue_max_sizes(), &[256, 256, 256]);
     assert_eq!(rig.dev.avail_features(), VIRTIO_F_VERSION_1);
@@ -808,6 +808,12 @@ fn device_identity_and_config_space() {
     assert_eq!(hi, [0; 4]);
     rig.dev.read_config(8, &mut hi);
     assert_eq!(hi, [0; 4]);
+    // The config space is read-only.
+    for _ in 0..100 {
+        rig.dev.write_config(0, &[9; 8]);
+    }
+    rig.dev.read_config(0, &mut cid);
+    assert_eq!(u64::from_le_bytes(cid), GUEST_CID);
 }
 
 #[test]
