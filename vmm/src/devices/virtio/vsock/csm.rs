@@ -476,11 +476,9 @@ impl Connection {
                 continue;
             }
             let direct = self.tx_buf.is_empty();
-            let limit = if direct {
-                scratch.len()
-            } else {
-                scratch.len().min(self.tx_buf.free())
-            };
+            // Whatever the socket does not take must fit the buffer, so a
+            // chunk is never larger than its free space.
+            let limit = scratch.len().min(self.tx_buf.free());
             let n = pkt.read_payload(mem, &mut scratch[..limit])?;
             let mut written = 0;
             if direct {
@@ -498,11 +496,9 @@ impl Connection {
             }
             let rest = &scratch[written..n];
             let pushed = self.tx_buf.push(rest);
-            debug_assert_eq!(pushed, rest.len(), "chunk larger than free buffer space");
             if pushed < rest.len() {
-                // Cannot happen (the chunk is bounded by the free space, and the
-                // buffer is at least as large as a chunk when empty); fail the
-                // connection rather than lose bytes silently.
+                // Cannot happen: the chunk is bounded by the free space. Fail
+                // the connection rather than lose bytes silently.
                 return Err(PacketError::PayloadTooLarge {
                     len: u32::try_from(rest.len()).unwrap_or(u32::MAX),
                 });
