@@ -24,8 +24,8 @@ use super::csm::{Connection, Fill, Verdict};
 use super::handshake::{HandshakeError, LineReader, ReadError};
 use super::metrics::VsockMetrics;
 use super::packet::{
-    check_header, op_name, RxBuffer, TxPacket, TxParseError, VsockHeader, MAX_PAYLOAD, OP_REQUEST,
-    OP_RST,
+    check_header, op_name, RxBuffer, TxPacket, TxParseError, VsockHeader, HOST_CID, MAX_PAYLOAD,
+    OP_REQUEST, OP_RST,
 };
 use super::ratelimit::LogLimiter;
 use super::Tunables;
@@ -507,6 +507,21 @@ impl Muxer {
         self.rst_queue.push_back(hdr);
     }
 
+    /// Answers a refused guest packet with `RST`. When it belongs to a live
+    /// connection, that connection is reset too: the guest's stream lost a
+    /// packet, so neither side may go on as if nothing happened.
+    fn reset_for(&mut self, hdr: &VsockHeader) {
+        let key = ConnKey {
+            local_port: hdr.dst_port(),
+            peer_port: hdr.src_port(),
+        };
+        if hdr.dst_cid() == HOST_CID && self.conns.contains_key(&key) {
+            self.remove(key, true);
+        } else {
+            self.answer_rst(hdr);
+        }
+    }
+
     /// A `RST` answering guest packet `hdr`.
     fn answer_rst(&mut self, hdr: &VsockHeader) {
         if hdr.op() == OP_RST {
@@ -532,7 +547,7 @@ impl Muxer {
                 // Answer only a sender the guest can be: the header was readable
                 // and names the guest as its source.
                 if let Some(hdr) = hdr.filter(|h| h.src_cid() == self.guest_cid) {
-                    self.answer_rst(&hdr);
+                    self.reset_for(&hdr);
                 }
                 return;
             }
@@ -545,7 +560,7 @@ impl Muxer {
             }
             self.completed_tx.push(pkt.head());
             if error.answer_with_rst() {
-                self.answer_rst(&hdr);
+                self.reset_for(&hdr);
             }
             return;
         }

@@ -1462,6 +1462,15 @@ fn protocol_violations_on_a_connection_reset_it() {
     rig.net.run_until("RST", |n| n.sock(key).reset);
     let (_, eof) = read_to_eof(&mut h, WAIT);
     assert!(eof);
+    // A malformed packet (len beyond its chain) on a live connection: its data
+    // is lost, so the connection is reset on both sides.
+    let (mut h, key) = rig.guest_connect(&l, 4103, 4100, 64 * 1024);
+    rig.roundtrip(&mut h, key, "before");
+    let hdr = rig.net.hdr(key, OP_RW).with_len(100);
+    send_raw(&mut rig.net, &hdr, HDR_SIZE as u32, 10, false);
+    rig.net.run_until("RST", |n| n.sock(key).reset);
+    let (_, eof) = read_to_eof(&mut h, WAIT);
+    assert!(eof, "host side of the broken stream not closed");
     assert_eq!(rig.dev.metrics().connections(), 0);
 }
 
