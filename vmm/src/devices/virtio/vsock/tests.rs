@@ -636,6 +636,25 @@ impl Stack {
         }
     }
 
+    /// Runs until the guest's sending on `key` is stuck for want of credit
+    /// (and stays stuck for a while); returns the bytes it could not send.
+    fn run_until_credit_stalled(&mut self, key: Key) -> usize {
+        let end = Instant::now() + WAIT;
+        loop {
+            self.run_until("credit exhausted", |n| {
+                let s = n.sock(key);
+                !s.out.is_empty() && s.tx_cnt.wrapping_sub(s.peer_fwd_cnt) == s.peer_buf_alloc
+            });
+            let before = self.sock(key).out.len();
+            self.run_for(Duration::from_millis(200));
+            let s = self.sock(key);
+            if s.out.len() == before && s.tx_cnt.wrapping_sub(s.peer_fwd_cnt) == s.peer_buf_alloc {
+                return before;
+            }
+            assert!(Instant::now() < end, "guest never stalled");
+        }
+    }
+
     /// Runs for a while, for things that must not happen.
     fn run_for(&mut self, d: Duration) {
         let end = Instant::now() + d;
@@ -1055,7 +1074,11 @@ fn guest_that_stops_reading_gets_no_more_than_its_credit() {
         thread::spawn(move || h.write_all(&data).unwrap())
     };
     // The guest stack checks every packet against the credit it advertised.
-    rig.net.run_for(Duration::from_millis(300));
+    rig.net.run_until("credit used up", |n| {
+        let s = n.sock(key);
+        s.received.len() >= 16 * 1024 && s.credit_requests_rx >= 1
+    });
+    rig.net.run_for(Duration::from_millis(200));
     let s = rig.net.sock(key);
     assert_eq!(
         s.received.len(),
@@ -1091,15 +1114,8 @@ fn backpressure_stops_the_guest_then_resumes_without_loss() {
     rig.net.write(key, &data);
     // The host does not read: the device's buffer and the socket's fill up,
     // then the guest runs out of credit and stops.
-    rig.net.run_for(Duration::from_millis(500));
-    let stuck = rig.net.sock(key).out.len();
+    let stuck = rig.net.run_until_credit_stalled(key);
     assert!(stuck > 0, "guest sent everything though nobody read");
-    let s = rig.net.sock(key);
-    assert_eq!(
-        s.tx_cnt.wrapping_sub(s.peer_fwd_cnt),
-        s.peer_buf_alloc,
-        "guest is not credit-blocked"
-    );
     let m = rig.dev.metrics();
     assert!(
         m.buffered_bytes() <= u64::from(buf),
@@ -1147,9 +1163,7 @@ fn guest_ignoring_credit_gets_its_chains_held_not_dropped() {
     // Fill the host socket's kernel buffer first, within credit.
     let filler = pattern(3, 4 << 20);
     rig.net.write(key, &filler);
-    rig.net.run_for(Duration::from_millis(500));
-    let credit_blocked = rig.net.sock(key).out.len();
-    assert!(credit_blocked > 0);
+    assert!(rig.net.run_until_credit_stalled(key) > 0);
     // Now the guest ignores its credit and pushes 48 more packets.
     rig.net.socks.get_mut(&key).unwrap().ignore_credit = true;
     rig.net.chunk = 16 * 1024;
@@ -1159,9 +1173,10 @@ fn guest_ignoring_credit_gets_its_chains_held_not_dropped() {
     }
     // Back to a well-behaved guest, which now has no credit.
     rig.net.socks.get_mut(&key).unwrap().ignore_credit = false;
-    rig.net.run_for(Duration::from_millis(300));
     let m = rig.dev.metrics();
-    assert!(m.held_chains() > 0, "device did not hold chains back");
+    rig.net
+        .run_until("chains held back", |_| m.held_chains() > 0);
+    rig.net.run_for(Duration::from_millis(100));
     assert!(
         m.buffered_bytes() <= u64::from(buf) + 64,
         "buffered {}",
@@ -1211,9 +1226,9 @@ fn large_packets_into_a_small_device_buffer_lose_nothing() {
     rig.net.socks.get_mut(&key).unwrap().ignore_credit = true;
     rig.net.chunk = MAX_PAYLOAD;
     rig.net.write(key, &data);
-    rig.net.run_for(Duration::from_millis(300));
     let m = rig.dev.metrics();
-    assert!(m.held_chains() > 0, "nothing held back");
+    rig.net
+        .run_until("chains held back", |_| m.held_chains() > 0);
     assert!(m.buffered_bytes() <= 4096 + 64);
     let reader = {
         let mut h = h.try_clone().unwrap();
