@@ -796,45 +796,38 @@ pub(super) fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::TempDir;
     use super::*;
 
     #[test]
     fn nonblocking_connect_refuses_missing_and_overlong_paths() {
-        let dir = std::env::temp_dir().join(format!("moat-vsock-mux-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let missing = dir.join("nobody");
+        use std::io::{Read, Write};
+        let dir = TempDir::new();
         assert_eq!(
-            connect_nonblocking(&missing).unwrap_err().kind(),
+            connect_nonblocking(&dir.join("nobody")).unwrap_err().kind(),
             io::ErrorKind::NotFound
         );
-        let long = dir.join("x".repeat(200));
         assert_eq!(
-            connect_nonblocking(&long).unwrap_err().kind(),
+            connect_nonblocking(&dir.join(&"x".repeat(200)))
+                .unwrap_err()
+                .kind(),
             io::ErrorKind::InvalidInput
         );
-        let path = dir.join("l");
-        let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path).unwrap();
-        let mut s = connect_nonblocking(&path).unwrap();
+        let listener = UnixListener::bind(dir.join("l")).unwrap();
+        let mut s = connect_nonblocking(&dir.join("l")).unwrap();
         let (mut peer, _) = listener.accept().unwrap();
-        use std::io::{Read, Write};
         s.write_all(b"hi").unwrap();
         let mut buf = [0u8; 2];
         peer.read_exact(&mut buf).unwrap();
         assert_eq!(&buf, b"hi");
-        drop(listener);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
-    fn test_muxer(dir_tag: &str) -> (Muxer, PathBuf) {
-        let dir = std::env::temp_dir().join(format!("moat-vsock-{dir_tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("v.sock");
-        let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path).unwrap();
+    fn test_muxer() -> (Muxer, TempDir) {
+        let dir = TempDir::new();
+        let listener = UnixListener::bind(dir.join("v.sock")).unwrap();
         let mux = Muxer::new(
             3,
-            path.clone(),
+            dir.join("v.sock"),
             listener,
             Tunables::default(),
             Arc::new(VsockMetrics::default()),
@@ -845,7 +838,7 @@ mod tests {
 
     #[test]
     fn superseded_timers_do_not_pile_up() {
-        let (mut mux, dir) = test_muxer("timers");
+        let (mut mux, _dir) = test_muxer();
         let now = Instant::now();
         for token in 1000..10_000 {
             mux.push_timer(now + Duration::from_secs(60), token);
@@ -855,12 +848,11 @@ mod tests {
             "{} timers kept",
             mux.timers.len()
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn paused_listener_resumes_on_its_timer() {
-        let (mut mux, dir) = test_muxer("pause");
+        let (mut mux, dir) = test_muxer();
         let path = dir.join("v.sock");
         let mem = GuestMemory::from_ranges(&[(vm_memory::GuestAddress(0), 0x1000)]).unwrap();
         mux.pause_listener();
@@ -872,6 +864,5 @@ mod tests {
         mux.process_timers(now + LISTENER_PAUSE);
         mux.process_host_events(&mem);
         assert_eq!(mux.handshakes.len(), 1, "listener not resumed");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -33,10 +33,11 @@ const WAIT: Duration = Duration::from_secs(20);
 
 // ---- scaffolding -----------------------------------------------------------
 
-struct TempDir(PathBuf);
+/// A temp dir removed on drop; shared with the other test modules of vsock.
+pub(super) struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new() -> TempDir {
+    pub(super) fn new() -> TempDir {
         static N: AtomicUsize = AtomicUsize::new(0);
         let p = std::env::temp_dir().join(format!(
             "moat-vsock-{}-{}",
@@ -46,7 +47,7 @@ impl TempDir {
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
     }
-    fn join(&self, name: &str) -> PathBuf {
+    pub(super) fn join(&self, name: &str) -> PathBuf {
         self.0.join(name)
     }
 }
