@@ -342,12 +342,19 @@ impl Guest {
         true
     }
 
-    /// Sends a hand-made chain whose buffers the caller filled.
+    /// Sends a hand-made chain whose buffers the caller filled, waiting for
+    /// room in the tx queue.
     fn send_chain(&mut self, parts: &[(Option<u64>, u32, bool)]) -> u16 {
-        self.reclaim_tx();
-        let head = self.tx.add_chain(&self.mem, parts).expect("tx queue full");
-        self.tx.kick();
-        head
+        let end = Instant::now() + WAIT;
+        loop {
+            self.reclaim_tx();
+            if let Some(head) = self.tx.add_chain(&self.mem, parts) {
+                self.tx.kick();
+                return head;
+            }
+            assert!(Instant::now() < end, "tx queue stays full");
+            thread::sleep(Duration::from_micros(300));
+        }
     }
 
     fn reclaim_tx(&mut self) -> Vec<u16> {
@@ -1458,6 +1465,72 @@ fn malformed_packets_are_refused_and_others_keep_working() {
         .run_until("reset of duplicated connection", |n| n.sock(key).reset);
     let (rest, eof) = read_to_eof(&mut h, WAIT);
     assert!(rest.is_empty() && eof);
+}
+
+#[test]
+fn random_garbage_from_the_guest_never_stops_the_device() {
+    let mut rig = Rig::new(fast());
+    let l = rig.host_listener(9400);
+    let (mut h, key) = rig.guest_connect(&l, 9401, 9400, 64 * 1024);
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for round in 0..2000u32 {
+        let r = rnd();
+        // Mostly plausible headers, so checks deep in the device are reached.
+        let op = if r % 4 == 0 {
+            (r >> 8) as u16
+        } else {
+            (r >> 8) as u16 % 8
+        };
+        let hdr = guest_hdr(20_000 + (round % 50), (r >> 20) as u32 % 64 + 1, op)
+            .with_len(match r % 5 {
+                0 => (r >> 24) as u32,
+                1 => 0,
+                _ => (r >> 24) as u32 % 128,
+            })
+            .with_type(if r % 7 == 0 {
+                (r >> 40) as u16
+            } else {
+                TYPE_STREAM
+            })
+            .with_src_cid(if r % 11 == 0 { r >> 3 } else { GUEST_CID })
+            .with_dst_cid(if r % 13 == 0 { r >> 5 } else { HOST_CID })
+            .with_flags((r >> 33) as u32 % 8)
+            .with_credit((r >> 12) as u32, (r >> 44) as u32);
+        rig.net.g.mem.write_obj(hdr, GuestAddress(0x40000)).unwrap();
+        let parts: Vec<(Option<u64>, u32, bool)> = (0..1 + rnd() % 4)
+            .map(|k| {
+                let r = rnd();
+                let addr = match r % 8 {
+                    0 => MEM_SIZE as u64 - (r >> 50),
+                    1 => u64::MAX - (r >> 58),
+                    _ if k == 0 => 0x40000,
+                    _ => 0x41000 + (r >> 48) % 0x1000,
+                };
+                let len = match (r >> 3) % 6 {
+                    0 => 0,
+                    1 => u32::MAX,
+                    2 => (r >> 16) as u32 % 0x20000,
+                    _ if k == 0 => HDR_SIZE as u32,
+                    _ => (r >> 16) as u32 % 256,
+                };
+                (Some(addr), len, (r >> 9) % 10 == 0)
+            })
+            .collect();
+        rig.net.g.send_chain(&parts);
+        if round % 100 == 0 {
+            rig.net.step();
+        }
+    }
+    rig.net
+        .run_until("all garbage returned", |n| n.g.tx.chains.is_empty());
+    rig.roundtrip(&mut h, key, "survived");
+    assert!(rig.dev.metrics().bad_packets() > 100);
 }
 
 #[test]
