@@ -3,7 +3,21 @@
 //!
 //! - Host → guest: a client connects to `uds_path`, writes `CONNECT <port>\n`, and
 //!   once the guest accepted reads `OK <hostport>\n`; then bytes flow both ways.
-//! - Guest → host: a guest connect to CID 2 port P connects to `<uds_path>_P`.
+//!   A guest refusal (`RST`), a bad request line (not `CONNECT <decimal u32>`, or
+//!   over 64 bytes) or no line within 2 s closes the client; a guest that does
+//!   not answer the `REQUEST` within 2 s gets a `RST` and the client is closed.
+//!   Host ports (`<hostport>`) are handed out from 2^30 up.
+//! - Guest → host: a guest connect to CID 2 port P connects (without blocking)
+//!   to `<uds_path>_P`; no listener there means `RST`.
+//! - Closing: a host EOF becomes `SHUTDOWN(SEND)` after the last byte; a guest
+//!   `SHUTDOWN(SEND)` becomes `shutdown(SHUT_WR)` on the host socket after the
+//!   last buffered byte. Once both directions are finished the side that did
+//!   not finish last gets a `RST`; if that is the guest and it does not answer
+//!   within 10 s, it gets one anyway. Bytes the guest sent before a `RST` still
+//!   reach the host, for up to 30 s.
+//! - Limits: 256 KiB buffer per connection (the `buf_alloc` the guest sees,
+//!   allocated only while the host socket lags), 512 connections, 128 clients
+//!   in their handshake, 1024 queued `RST`s.
 //!
 //! This module owns the device as the transport sees it (features, config space,
 //! activation, reset) and the listening socket, bound at construction. It must not
