@@ -11,9 +11,10 @@
 //!   to `<uds_path>_P`; no listener there means `RST`.
 //! - Closing: a host EOF becomes `SHUTDOWN(SEND)` after the last byte; a guest
 //!   `SHUTDOWN(SEND)` becomes `shutdown(SHUT_WR)` on the host socket after the
-//!   last buffered byte. Once both directions are finished the side that did
-//!   not finish last gets a `RST`; if that is the guest and it does not answer
-//!   within 10 s, it gets one anyway. Bytes the guest sent before a `RST` still
+//!   last buffered byte. When a guest packet finishes the second direction,
+//!   the device answers `RST` and forgets the connection; when the host side
+//!   finishes it, the device's last `SHUTDOWN` waits for the guest's `RST`, and
+//!   after 10 s sends one itself. Bytes the guest sent before a `RST` still
 //!   reach the host, for up to 30 s.
 //! - Limits: 256 KiB buffer per connection (the `buf_alloc` the guest sees,
 //!   allocated only while the host socket lags), 512 connections, 128 clients
