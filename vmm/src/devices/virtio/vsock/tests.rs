@@ -449,6 +449,8 @@ struct Stack {
     /// Every packet received, in order.
     log: Vec<VsockHeader>,
     chunk: usize,
+    /// Rounds of one packet per socket per step.
+    burst: usize,
     /// CREDIT_UPDATEs the guest sent.
     credit_updates_tx: usize,
 }
@@ -462,6 +464,7 @@ impl Stack {
             deaf: Vec::new(),
             log: Vec::new(),
             chunk: 4096,
+            burst: 1,
             credit_updates_tx: 0,
         }
     }
@@ -590,9 +593,11 @@ impl Stack {
     /// per round so connections interleave.
     fn pump(&mut self) {
         let keys: Vec<Key> = self.socks.keys().copied().collect();
-        for key in keys {
-            if !self.pump_one(key) {
-                return;
+        for _ in 0..self.burst {
+            for &key in &keys {
+                if !self.pump_one(key) {
+                    return;
+                }
             }
         }
     }
@@ -1863,6 +1868,7 @@ fn figures() {
     let mut rig = Rig::new(Tunables::default());
     rig.net.g.rx_limit = QSIZE as usize;
     rig.net.chunk = 64 * 1024;
+    rig.net.burst = 64;
     let l = rig.host_listener(9900);
     let (h, key) = rig.guest_connect(&l, 9901, 9900, 256 * 1024);
 
