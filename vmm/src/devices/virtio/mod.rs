@@ -20,6 +20,7 @@ pub mod block;
 pub mod net;
 pub mod queue_util;
 pub mod rng;
+pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
