@@ -16,14 +16,20 @@
 //!    and backend fds) and returns;
 //! 4. on a driver reset (status 0) the transport calls [`VirtioDevice::reset`].
 
+pub mod block;
+pub mod fs;
+pub mod mmio;
+pub mod net;
+pub mod queue_util;
+pub mod rng;
+pub mod vsock;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
-
-pub mod mmio;
 
 /// Feature bit every modern (non-legacy) device offers.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
