@@ -26,6 +26,7 @@ use crate::devices::boot_marker::BootMarker;
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::{ConsoleWriter, IrqTrigger, SerialDevice};
 use crate::devices::virtio::mmio::{MmioTransport, MmioTransportError, NOTIFY_REG_OFFSET};
+use crate::devices::virtio::{block, fs, net, rng, vsock};
 use crate::devices::virtio::{GuestMemory, Interrupt, VirtioDevice};
 use crate::exit::{ExitCode, ExitHandle};
 use crate::vmm::Vmm;
@@ -36,8 +37,6 @@ use crate::vstate::vm::{CreateVmError, RegisterEventError, RegisterMemoryError, 
 /// Why a virtio device could not be created from its configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
-    #[error("device {0}: not supported yet in this build")]
-    NotSupported(&'static str),
     #[error("device {device}: {source}")]
     Create {
         device: &'static str,
@@ -64,36 +63,81 @@ where
     }
 }
 
-/// The stand-in for a device kind whose implementation is not in this build.
-fn not_supported<C>(
-    device: &'static str,
-    _config: &C,
-) -> Result<Box<dyn VirtioDevice>, DeviceError> {
-    Err(DeviceError::NotSupported(device))
+/// The virtio-fs devices' configurations, as the device takes them.
+fn fs_configs(config: &VmConfig) -> Vec<fs::FsConfig> {
+    config
+        .fs
+        .iter()
+        .map(|c| fs::FsConfig {
+            tag: c.tag.clone(),
+            num_request_queues: c.num_request_queues,
+            mounts: c
+                .all_mounts()
+                .into_iter()
+                .map(|m| fs::FsMount {
+                    guest_path: m.guest_path,
+                    host_dir: m.host_dir,
+                    read_only: m.read_only,
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 /// Creates the configured virtio devices, in slot order: vsock, shares, network,
-/// disks, rng. Each kind is wired by one line; a kind whose implementation is
-/// not in this build refuses with "not supported yet". Wiring one in replaces
-/// `not_supported("vsock", cfg)` with e.g. `created("vsock", Vsock::new(...))`.
+/// disks, rng. One line per device kind. The virtio-fs sandbox must have been
+/// entered already (see [`enter_fs_sandbox`]).
 pub fn build_virtio_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, DeviceError> {
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
-    if let Some(cfg) = &config.vsock {
-        devices.push(not_supported("vsock", cfg)?);
+    if let Some(c) = &config.vsock {
+        devices.push(created(
+            "vsock",
+            vsock::Vsock::new(vsock::VsockConfig {
+                guest_cid: c.guest_cid,
+                uds_path: c.uds_path.clone(),
+            }),
+        )?);
     }
-    for cfg in &config.fs {
-        devices.push(not_supported("fs", cfg)?);
+    for c in fs_configs(config) {
+        devices.push(created("fs", fs::Fs::new(c))?);
     }
-    for cfg in &config.net {
-        devices.push(not_supported("net", cfg)?);
+    for c in &config.net {
+        let mac = c.mac_bytes().map_err(|reason| DeviceError::Create {
+            device: "net",
+            source: reason.into(),
+        })?;
+        devices.push(created(
+            "net",
+            net::Net::new(net::NetConfig {
+                tap_name: c.tap.clone(),
+                mac,
+            }),
+        )?);
     }
-    for cfg in &config.disks {
-        devices.push(not_supported("block", cfg)?);
+    for c in &config.disks {
+        devices.push(created(
+            "block",
+            block::Block::new(block::BlockConfig {
+                path: c.path.clone(),
+                read_only: c.read_only,
+                id: c.id.clone(),
+            }),
+        )?);
     }
-    if let Some(cfg) = &config.rng {
-        devices.push(not_supported("rng", cfg)?);
+    if config.rng.is_some() {
+        devices.push(created("rng", rng::Rng::new(rng::RngConfig::default()))?);
     }
     Ok(devices)
+}
+
+/// Enters the virtio-fs mount-namespace sandbox when shares are configured.
+/// Must run while the process is single-threaded, before the devices exist.
+pub fn enter_fs_sandbox(config: &VmConfig) -> Result<(), fs::sandbox::SandboxError> {
+    let configs = fs_configs(config);
+    if configs.is_empty() {
+        return Ok(());
+    }
+    fs::sandbox::enter(configs.iter().flat_map(|c| &c.mounts))
 }
 
 /// Why a virtio device could not be attached to the VM.
@@ -176,6 +220,8 @@ pub enum StartVmError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
+    Sandbox(#[from] fs::sandbox::SandboxError),
+    #[error(transparent)]
     Device(#[from] DeviceError),
     #[error(transparent)]
     CreateVm(#[from] CreateVmError),
@@ -210,7 +256,7 @@ pub enum StartVmError {
 
 impl StartVmError {
     /// Problems with what the caller asked for (configuration, files named in
-    /// it, devices this build lacks) exit with `BadConfig`; the rest with
+    /// it, device configurations the devices refuse) exit with `BadConfig`; the rest with
     /// `Error`.
     pub fn exit_code(&self) -> ExitCode {
         match self {
@@ -220,6 +266,12 @@ impl StartVmError {
             | StartVmError::LoadKernel(_)
             | StartVmError::LoadInitrd(_)
             | StartVmError::Legacy(AttachLegacyError::ConsoleFile { .. }) => ExitCode::BadConfig,
+            StartVmError::Sandbox(
+                fs::sandbox::SandboxError::HostDir { .. }
+                | fs::sandbox::SandboxError::NotDirectory { .. }
+                | fs::sandbox::SandboxError::Conflict { .. }
+                | fs::sandbox::SandboxError::SystemDir { .. },
+            ) => ExitCode::BadConfig,
             _ => ExitCode::Error,
         }
     }
@@ -445,8 +497,10 @@ pub fn build_microvm_with(
     extra: Vec<Box<dyn VirtioDevice>>,
 ) -> Result<Vmm, StartVmError> {
     config.validate()?;
-    // Devices first: a device this build lacks, or a bad device configuration,
-    // fails before any KVM work.
+    // Ordering: the virtio-fs sandbox needs a single-threaded process and comes
+    // before the shares are opened.
+    enter_fs_sandbox(config)?;
+    // Devices next: a bad device configuration fails before any KVM work.
     let mut devices = build_virtio_devices(config)?;
     devices.extend(extra);
     if devices.len() > layout::MAX_VIRTIO_DEVICES {
@@ -539,56 +593,55 @@ mod tests {
     }
 
     #[test]
-    fn devices_not_in_this_build_are_refused_by_name() {
+    fn devices_are_created_in_slot_order() {
+        let disk = tempfile::NamedTempFile::new().unwrap();
+        disk.as_file().set_len(1 << 20).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = VmConfig {
+            vsock: Some(crate::config::VsockConfig {
+                guest_cid: 3,
+                uds_path: dir.path().join("v.sock"),
+            }),
+            disks: vec![crate::config::DiskConfig {
+                path: disk.path().to_owned(),
+                read_only: true,
+                id: None,
+            }],
+            rng: Some(crate::config::RngConfig {}),
+            ..config()
+        };
+        let devices = build_virtio_devices(&cfg).unwrap();
+        let names: Vec<_> = devices.iter().map(|d| d.name()).collect();
+        assert_eq!(names, vec!["vsock", "block", "rng"]);
+        assert!(build_virtio_devices(&config()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn device_errors_name_the_device() {
         let cases: Vec<(VmConfig, &str)> = vec![
             (
                 VmConfig {
                     vsock: Some(crate::config::VsockConfig {
                         guest_cid: 3,
-                        uds_path: "/v".into(),
+                        uds_path: "/nonexistent/dir/v.sock".into(),
                     }),
                     ..config()
                 },
-                "vsock",
+                "device vsock: ",
             ),
             (
                 VmConfig {
-                    fs: vec!["tag=a,path=/a".parse().unwrap()],
+                    disks: vec!["path=/nonexistent/disk.img".parse().unwrap()],
                     ..config()
                 },
-                "fs",
-            ),
-            (
-                VmConfig {
-                    net: vec!["tap0".parse().unwrap()],
-                    ..config()
-                },
-                "net",
-            ),
-            (
-                VmConfig {
-                    disks: vec!["path=/d".parse().unwrap()],
-                    ..config()
-                },
-                "block",
-            ),
-            (
-                VmConfig {
-                    rng: Some(crate::config::RngConfig {}),
-                    ..config()
-                },
-                "rng",
+                "device block: ",
             ),
         ];
-        for (cfg, name) in cases {
+        for (cfg, prefix) in cases {
             let err = build_microvm(&cfg, Instant::now()).unwrap_err();
-            assert_eq!(
-                err.to_string(),
-                format!("device {name}: not supported yet in this build")
-            );
+            assert!(err.to_string().starts_with(prefix), "{err}");
             assert_eq!(err.exit_code(), ExitCode::BadConfig);
         }
-        assert!(build_virtio_devices(&config()).unwrap().is_empty());
     }
 
     #[test]

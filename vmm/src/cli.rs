@@ -14,7 +14,7 @@ use crate::config::{
 /// moat's KVM microVM monitor: boots one VM and exits when it stops.
 ///
 /// Exit status: 0 the guest rebooted or powered off; 1 VMM error; 2 bad
-/// configuration or unsupported device; 3 guest kernel panic; 4 triple fault;
+/// configuration (or a device refused its configuration); 3 guest kernel panic; 4 triple fault;
 /// 5 KVM could not run a vCPU.
 #[derive(Debug, Parser)]
 #[command(name = "moat-vmm", version, args_override_self = true)]

@@ -28,8 +28,8 @@ pub enum ExitCode {
     Ok = 0,
     /// The VMM failed: the VM could not be built or a host resource failed.
     Error = 1,
-    /// The configuration or the command line is invalid, or asks for a device
-    /// this build does not support.
+    /// The configuration or the command line is invalid, names a file that
+    /// cannot be used, or a device refused its configuration.
     BadConfig = 2,
     /// The guest kernel panicked.
     GuestPanic = 3,

@@ -271,6 +271,43 @@ fn memory_above_the_mmio_window_and_many_vcpus() {
 }
 
 #[test]
+fn real_devices_attach_beside_a_guest_that_ignores_them() {
+    require_kvm!();
+    let guest = Guest::new(&ok_guest(), false);
+    let disk = guest.dir.path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let share = guest.dir.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    let disk_arg = format!("path={},ro", disk.display());
+    let fs_arg = format!("tag=share,path={}", share.display());
+    let uds = guest.dir.path().join("v.sock");
+    let (out, console) = guest.run(&[
+        "--rng",
+        "--disk",
+        &disk_arg,
+        "--fs",
+        &fs_arg,
+        "--vsock-cid",
+        "3",
+        "--vsock-uds",
+        uds.to_str().unwrap(),
+        "--log",
+        "debug",
+    ]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(console, b"OK\n");
+    for (device, irq) in [("vsock", 5), ("virtio-fs", 6), ("block", 7), ("rng", 8)] {
+        assert!(
+            err.lines().any(|l| l.contains("virtio device attached")
+                && l.contains(&format!("device=\"{device}\""))
+                && l.contains(&format!("irq={irq}"))),
+            "{device} on irq {irq}: {err}"
+        );
+    }
+}
+
+#[test]
 fn console_to_stdout_and_nowhere() {
     require_kvm!();
     let guest = Guest::new(&ok_guest(), false);
@@ -371,12 +408,19 @@ fn hostile_accesses_do_not_stop_the_vm() {
 fn bad_input_gets_exit_code_2_with_the_field() {
     require_kvm!();
     let guest = Guest::new(&ok_guest(), false);
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
         (&["--vcpus", "0"], "config field `vcpus`"),
-        (&["--rng"], "device rng: not supported yet in this build"),
         (
-            &["--fs", "tag=a,path=/tmp"],
-            "device fs: not supported yet in this build",
+            &["--disk", "path=/nonexistent/d.img"],
+            "device block: open disk /nonexistent/d.img",
+        ),
+        (
+            &["--fs", "tag=a,path=/nonexistent/share"],
+            "virtio-fs sandbox: share /nonexistent/share",
+        ),
+        (
+            &["--vsock-uds", "/nonexistent/v.sock", "--vsock-cid", "3"],
+            "device vsock: ",
         ),
         (&["--frobnicate"], "--frobnicate"),
     ];
