@@ -2,7 +2,9 @@
 //! kernel`) to a static `/init` (`tests/vmm-boot/init.c`) that writes the
 //! boot-time marker through `/dev/mem` and reboots. In the nested tier this runs
 //! inside the test host, in the direct tier here. One run covers the PVH entry,
-//! the 64-bit entry, two vCPUs, and a guest panic (exit status 3).
+//! the 64-bit entry, two vCPUs, a guest panic (exit status 3), and the guest's
+//! own virtio drivers on moat-vmm's virtio-mmio transport: rng, block, virtio-fs
+//! (read and write) and vsock.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -132,12 +134,21 @@ fn moat_vmm_boots_the_guest_kernel_to_init() {
         assert_eq!(*status, 0, "{name}: {stderr:?}\nconsole: {console:?}");
         assert!(reached.is_some(), "{name}: /init not reached: {console:?}");
         assert!(marker.is_some(), "{name}: no boot-marker line: {stderr:?}");
-        let entry = if name == "linux64" { "64-bit" } else { "pvh" };
         assert!(
             stderr
                 .iter()
                 .any(|l| l.contains("guest rebooted (exit status 0)")),
-            "{name}: {stderr:?} ({entry} entry)"
+            "{name}: {stderr:?}"
+        );
+    }
+    for (name, entry) in [
+        ("pvh", "entering through the pvh"),
+        ("linux64", "entering through the 64-bit"),
+    ] {
+        let stderr = &cases[name].2;
+        assert!(
+            stderr.iter().any(|l| l.contains(entry)),
+            "{name}: {stderr:?}"
         );
     }
     let smp = &cases["smp"].1;
@@ -151,6 +162,28 @@ fn moat_vmm_boots_the_guest_kernel_to_init() {
             .iter()
             .any(|l| l.contains("guest kernel panic: Attempted to kill init!")),
         "panic: {stderr:?}"
+    );
+
+    let (status, console, stderr) = cases
+        .get("devices")
+        .unwrap_or_else(|| panic!("case devices missing: {stdout}"));
+    notice(&format!("{test} devices: {console:?}"));
+    assert_eq!(*status, 0, "devices: {stderr:?}\nconsole: {console:?}");
+    let line = |prefix: &str| {
+        console
+            .iter()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} in {console:?}"))
+            .to_string()
+    };
+    let random = line("moat-boot-test: hwrng ");
+    assert_eq!(random.len(), 32, "{random}");
+    assert_ne!(random, "0".repeat(32));
+    assert_eq!(line("moat-boot-test: disk "), "moat-disk-ok");
+    assert_eq!(line("moat-boot-test: share "), "hello from the host");
+    assert!(
+        stdout.contains("devices host: from-guest.txt: written by the guest"),
+        "{stdout}"
     );
 }
 

@@ -2,7 +2,11 @@
  * 0xd0000000, through /dev/mem), prints its uptime on the console, and
  * reboots, which ends moat-vmm with status 0. Init arguments (after " -- " on
  * the kernel command line): "panic" exits instead, so the kernel panics;
- * "cpuinfo" prints /proc/cpuinfo first. Test-only; built with gcc -static. */
+ * "cpuinfo" prints /proc/cpuinfo first; "devices" exercises the virtio devices
+ * first: 16 bytes of /dev/hwrng, the text at the start of /dev/vda, and a
+ * virtio-fs share tagged "share" (reads hello.txt, writes from-guest.txt).
+ * Test-only; built with gcc -static. */
+#include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -14,6 +18,52 @@
 #include <unistd.h>
 
 #define BOOT_MARKER_ADDR 0xd0000000UL
+
+/* Reads up to len-1 bytes of path into buf as a string; "" on failure. */
+static void read_text(const char *path, char *buf, size_t len) {
+    buf[0] = 0;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) {
+        printf("moat-boot-test: open %s: %s\n", path, strerror(errno));
+        return;
+    }
+    ssize_t n = read(fd, buf, len - 1);
+    buf[n > 0 ? n : 0] = 0;
+    buf[strcspn(buf, "\n")] = 0;
+    close(fd);
+}
+
+static void exercise_devices(void) {
+    unsigned char rnd[16];
+    int fd = open("/dev/hwrng", O_RDONLY);
+    ssize_t n = fd >= 0 ? read(fd, rnd, sizeof(rnd)) : -1;
+    if (n == (ssize_t)sizeof(rnd)) {
+        printf("moat-boot-test: hwrng ");
+        for (int i = 0; i < n; i++) printf("%02x", rnd[i]);
+        printf("\n");
+    } else {
+        printf("moat-boot-test: hwrng: %s\n", strerror(errno));
+    }
+    if (fd >= 0) close(fd);
+
+    char buf[256];
+    read_text("/dev/vda", buf, 64);
+    printf("moat-boot-test: disk %s\n", buf);
+
+    mkdir("/mnt", 0755);
+    if (mount("share", "/mnt", "virtiofs", 0, NULL) != 0) {
+        printf("moat-boot-test: mount virtiofs: %s\n", strerror(errno));
+        return;
+    }
+    read_text("/mnt/hello.txt", buf, sizeof(buf));
+    printf("moat-boot-test: share %s\n", buf);
+    int w = open("/mnt/from-guest.txt", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (w < 0 || write(w, "written by the guest\n", 21) != 21 || fsync(w) != 0) {
+        printf("moat-boot-test: write share: %s\n", strerror(errno));
+    }
+    if (w >= 0) close(w);
+    umount("/mnt");
+}
 
 int main(int argc, char **argv) {
     int fd = open("/dev/mem", O_RDWR | O_SYNC);
@@ -49,6 +99,10 @@ int main(int argc, char **argv) {
     printf("moat-boot-test: init reached, uptime %s s, %ld cpus\n", up,
            sysconf(_SC_NPROCESSORS_ONLN));
     fflush(stdout);
+    if (argc > 1 && strcmp(argv[1], "devices") == 0) {
+        exercise_devices();
+        fflush(stdout);
+    }
     if (argc > 1 && strcmp(argv[1], "cpuinfo") == 0) {
         char buf[4096];
         int c = open("/proc/cpuinfo", O_RDONLY);
