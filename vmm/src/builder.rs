@@ -30,7 +30,7 @@ use crate::devices::virtio::{block, fs, net, rng, vsock};
 use crate::devices::virtio::{GuestMemory, Interrupt, VirtioDevice};
 use crate::exit::{ExitCode, ExitHandle};
 use crate::vmm::Vmm;
-use crate::vstate::memory::{create_guest_memory, MemoryError};
+use crate::vstate::memory::{create_guest_memory, GuestRam, MemoryError};
 use crate::vstate::vcpu::{self, Vcpu};
 use crate::vstate::vm::{CreateVmError, RegisterEventError, RegisterMemoryError, Vm};
 
@@ -283,10 +283,10 @@ fn create_vm() -> Result<Vm, StartVmError> {
 }
 
 /// Maps guest RAM and gives it to KVM.
-fn setup_memory(vm: &Vm, size: u64) -> Result<GuestMemory, StartVmError> {
-    let mem = create_guest_memory(size)?;
-    vm.register_memory(&mem)?;
-    Ok(mem)
+fn setup_memory(vm: &Vm, size: u64) -> Result<GuestRam, StartVmError> {
+    let ram = create_guest_memory(size)?;
+    vm.register_memory(ram.memory())?;
+    Ok(ram)
 }
 
 fn open(what: &'static str, path: &Path) -> Result<File, StartVmError> {
@@ -516,7 +516,8 @@ pub fn build_microvm_with(
     }
 
     let vm = create_vm()?;
-    let mem = setup_memory(&vm, config.memory_bytes())?;
+    let ram = setup_memory(&vm, config.memory_bytes())?;
+    let mem = ram.memory().clone();
     tracing::debug!(elapsed_us = elapsed_us(start), "vm and guest memory ready");
     let (kernel, initrd) = load_kernel(&mem, config)?;
     tracing::debug!(
@@ -572,7 +573,7 @@ pub fn build_microvm_with(
     tracing::debug!(elapsed_us = elapsed_us(start), "vcpus started");
     Ok(Vmm::new(
         vm,
-        mem,
+        ram,
         exit,
         handles,
         serial,

@@ -10,30 +10,30 @@ use std::time::Duration;
 use crate::devices::bus::lock_device;
 use crate::devices::legacy::SerialDevice;
 use crate::devices::virtio::mmio::MmioTransport;
-use crate::devices::virtio::GuestMemory;
 use crate::exit::{ExitHandle, VmExit};
+use crate::vstate::memory::GuestRam;
 use crate::vstate::vcpu::stop_vcpus;
 use crate::vstate::vm::Vm;
 
 /// How long vCPU threads get to leave `KVM_RUN` once kicked.
 const VCPU_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A running VM.
+/// A running VM. Fields drop in order: devices before the VM, guest memory last,
+/// so no device still holds guest memory when it is unmapped.
 #[derive(Debug)]
 pub struct Vmm {
-    // Kept alive for the vCPUs and devices; dropped after them.
-    _vm: Vm,
-    _mem: GuestMemory,
-    _transports: Vec<Arc<Mutex<MmioTransport>>>,
     exit: ExitHandle,
     vcpus: Vec<JoinHandle<()>>,
     serial: Arc<Mutex<SerialDevice>>,
+    _transports: Vec<Arc<Mutex<MmioTransport>>>,
+    _vm: Vm,
+    _ram: GuestRam,
 }
 
 impl Vmm {
     pub(crate) fn new(
         vm: Vm,
-        mem: GuestMemory,
+        ram: GuestRam,
         exit: ExitHandle,
         vcpus: Vec<JoinHandle<()>>,
         serial: Arc<Mutex<SerialDevice>>,
@@ -44,12 +44,12 @@ impl Vmm {
             spawn_console_input(serial.clone(), exit.clone());
         }
         Vmm {
-            _vm: vm,
-            _mem: mem,
-            _transports: transports,
             exit,
             vcpus,
             serial,
+            _transports: transports,
+            _vm: vm,
+            _ram: ram,
         }
     }
 
