@@ -8,9 +8,11 @@
  * here) for VMMs that write their serial port to a file. When the pattern
  * shows up, CMD is stopped (SIGSTOP) while /proc/PID/smaps is read, then
  * continued. Mappings of GUEST_MIB .. GUEST_MIB+4 MiB are taken as guest RAM;
- * everything else is the VMM's own memory. Console lines are copied to stderr.
- * Last line, on stdout:
- *   bootmeter: line_ms=.. exit_ms=.. rss_kib=.. guest_rss_kib=.. vmm_rss_kib=.. status=..
+ * everything else is the VMM's own memory, of which vmm_anon is the private
+ * anonymous part (file-backed text is shared by every instance of the binary).
+ * Console lines are copied to stderr. Last line, on stdout:
+ *   bootmeter: line_ms=.. exit_ms=.. rss_kib=.. guest_rss_kib=.. vmm_rss_kib=..
+ *              vmm_anon_kib=.. status=..
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -32,23 +34,27 @@ static double now_ms(void) {
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
-/* Sums Rss over all mappings, and over those sized like guest RAM. */
-static void measure(pid_t pid, long guest_kib, long *total, long *guest) {
+/* Sums Rss over all mappings and over those sized like guest RAM, and the
+ * anonymous (private, not file-backed) part of the others. */
+static void measure(pid_t pid, long guest_kib, long *total, long *guest, long *anon) {
     char path[64];
     snprintf(path, sizeof(path), "/proc/%d/smaps", (int)pid);
     FILE *f = fopen(path, "r");
-    *total = *guest = -1;
+    *total = *guest = *anon = -1;
     if (!f) return;
-    *total = *guest = 0;
+    *total = *guest = *anon = 0;
     char line[512];
     long size = 0;
     while (fgets(line, sizeof(line), f)) {
         long v;
+        int is_guest = size >= guest_kib && size <= guest_kib + 4096;
         if (sscanf(line, "Size: %ld kB", &v) == 1) {
             size = v;
         } else if (sscanf(line, "Rss: %ld kB", &v) == 1) {
             *total += v;
-            if (size >= guest_kib && size <= guest_kib + 4096) *guest += v;
+            if (is_guest) *guest += v;
+        } else if (sscanf(line, "Anonymous: %ld kB", &v) == 1) {
+            if (!is_guest) *anon += v;
         }
     }
     fclose(f);
@@ -108,7 +114,7 @@ int main(int argc, char **argv) {
         fcntl(in, F_SETFL, O_NONBLOCK);
     }
     double line_ms = -1;
-    long total = -1, guest = -1;
+    long total = -1, guest = -1, anon = -1;
     char buf[8192];
     size_t len = 0;
     int status = 0, exited = 0, last_pass = 0;
@@ -131,7 +137,7 @@ int main(int argc, char **argv) {
                 if (line_ms < 0 && strstr(buf, pattern)) {
                     line_ms = now_ms() - t0;
                     kill(pid, SIGSTOP);
-                    measure(pid, guest_kib, &total, &guest);
+                    measure(pid, guest_kib, &total, &guest, &anon);
                     kill(pid, SIGCONT);
                 }
                 buf[ll - 1] = saved;
@@ -148,8 +154,8 @@ int main(int argc, char **argv) {
     double exit_ms = now_ms() - t0;
     if (fifo) unlink(fifo);
     printf("bootmeter: line_ms=%.1f exit_ms=%.1f rss_kib=%ld guest_rss_kib=%ld vmm_rss_kib=%ld "
-           "status=%d\n",
-           line_ms, exit_ms, total, guest, total >= 0 ? total - guest : -1,
+           "vmm_anon_kib=%ld status=%d\n",
+           line_ms, exit_ms, total, guest, total >= 0 ? total - guest : -1, anon,
            WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
     return line_ms < 0 ? 1 : 0;
 }

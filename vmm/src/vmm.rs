@@ -80,6 +80,8 @@ impl Vmm {
 fn spawn_console_input(serial: Arc<Mutex<SerialDevice>>, exit: ExitHandle) {
     let spawned = std::thread::Builder::new()
         .name("console-in".into())
+        // Small, like the vCPUs' (see VCPU_STACK_SIZE): no huge page for it.
+        .stack_size(256 << 10)
         .spawn(move || {
             let mut stdin = std::io::stdin().lock();
             let mut buf = [0u8; 64];

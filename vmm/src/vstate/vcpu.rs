@@ -23,6 +23,12 @@ use crate::devices::bus::Bus;
 use crate::devices::GuestLogLimit;
 use crate::exit::{ExitHandle, VmExit};
 
+/// Stack of a vCPU thread. It runs the exit handlers (devices' register
+/// accesses, virtio activation), never deep. Below 2 MiB on purpose: a stack
+/// that holds a whole aligned 2 MiB range gets a transparent huge page on hosts
+/// with THP enabled, 2 MiB of RSS for a few KiB used (seen in the test host).
+pub const VCPU_STACK_SIZE: usize = 1 << 20;
+
 /// Offset from `SIGRTMIN` of the signal that kicks vCPUs out of `KVM_RUN`.
 const KICK_SIGNAL_OFFSET: c_int = 0;
 
@@ -100,6 +106,7 @@ impl Vcpu {
     pub fn start(self) -> std::io::Result<JoinHandle<()>> {
         std::thread::Builder::new()
             .name(format!("vcpu{}", self.index))
+            .stack_size(VCPU_STACK_SIZE)
             .spawn(move || self.run())
     }
 
