@@ -1,10 +1,10 @@
 //! Assembles a running microVM from a validated `VmConfig`, as one straight
 //! recipe of small steps (Firecracker's habit):
 //!
-//! `build_virtio_devices` → `create_vm` → `setup_memory` → `load_kernel` →
-//! `setup_irqchip` → `attach_legacy_devices` → `attach_boot_marker` →
-//! `attach_virtio_device` (each) → `configure_system` → `create_vcpus` →
-//! `start_vcpus`.
+//! `enter_fs_sandbox` → `build_virtio_devices` → `create_vm` → `setup_memory` →
+//! `load_kernel` → `setup_irqchip` → `attach_legacy_devices` →
+//! `attach_boot_marker` → `attach_virtio_device` (each) → `configure_system` →
+//! `create_vcpus` → `start_vcpus`.
 //!
 //! Ordering rules are stated where they bind. This module owns the order and the
 //! wiring between parts (slots, IRQs, irqfds, ioeventfds, command line); each
