@@ -15,7 +15,7 @@ use crate::config::{
 ///
 /// Exit status: 0 the guest rebooted or powered off; 1 VMM error; 2 bad
 /// configuration (or a device refused its configuration); 3 guest kernel panic; 4 triple fault;
-/// 5 KVM could not run a vCPU.
+/// 5 KVM could not run a vCPU; 130/143 stopped by SIGINT/SIGTERM.
 #[derive(Debug, Parser)]
 #[command(name = "moat-vmm", version, args_override_self = true)]
 pub struct Cli {

@@ -38,6 +38,11 @@ pub enum ExitCode {
     /// KVM could not run a vCPU: internal error, emulation failure, failed
     /// entry, or an exit the VMM does not handle.
     VcpuFault = 5,
+    /// Stopped by SIGINT (128 + 2), after stopping the vCPUs and flushing the
+    /// console.
+    Interrupted = 130,
+    /// Stopped by SIGTERM (128 + 15), likewise.
+    Terminated = 143,
 }
 
 impl From<ExitCode> for std::process::ExitCode {
@@ -61,6 +66,8 @@ pub enum VmExit {
     VcpuFault { vcpu: u8, reason: String },
     /// The VMM itself failed while the VM ran (e.g. a device thread).
     VmmError { reason: String },
+    /// The host asked the VMM to stop (SIGTERM, SIGINT).
+    Signalled { signal: i32 },
 }
 
 impl VmExit {
@@ -71,6 +78,8 @@ impl VmExit {
             VmExit::TripleFault { .. } => ExitCode::TripleFault,
             VmExit::VcpuFault { .. } => ExitCode::VcpuFault,
             VmExit::VmmError { .. } => ExitCode::Error,
+            VmExit::Signalled { signal } if *signal == libc::SIGINT => ExitCode::Interrupted,
+            VmExit::Signalled { .. } => ExitCode::Terminated,
         }
     }
 }
@@ -84,6 +93,11 @@ impl std::fmt::Display for VmExit {
             VmExit::TripleFault { vcpu } => write!(f, "vcpu {vcpu}: triple fault"),
             VmExit::VcpuFault { vcpu, reason } => write!(f, "vcpu {vcpu}: {reason}"),
             VmExit::VmmError { reason } => write!(f, "vmm error: {reason}"),
+            VmExit::Signalled { signal } => match *signal {
+                libc::SIGTERM => write!(f, "stopped by SIGTERM"),
+                libc::SIGINT => write!(f, "stopped by SIGINT"),
+                other => write!(f, "stopped by signal {other}"),
+            },
         }
     }
 }
@@ -252,9 +266,20 @@ mod tests {
             ExitCode::GuestPanic,
             ExitCode::TripleFault,
             ExitCode::VcpuFault,
+            ExitCode::Interrupted,
+            ExitCode::Terminated,
         ];
         let mut values: Vec<u8> = codes.iter().map(|c| *c as u8).collect();
         values.dedup();
-        assert_eq!(values, vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(values, vec![0, 1, 2, 3, 4, 5, 130, 143]);
+        let term = VmExit::Signalled {
+            signal: libc::SIGTERM,
+        };
+        assert_eq!(term.exit_code(), ExitCode::Terminated);
+        assert_eq!(term.to_string(), "stopped by SIGTERM");
+        let int = VmExit::Signalled {
+            signal: libc::SIGINT,
+        };
+        assert_eq!(int.exit_code(), ExitCode::Interrupted);
     }
 }

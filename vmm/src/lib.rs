@@ -14,5 +14,6 @@ pub mod config;
 pub mod devices;
 pub mod exit;
 pub mod logger;
+pub mod signals;
 pub mod vmm;
 pub mod vstate;

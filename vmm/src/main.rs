@@ -11,6 +11,8 @@ use moat_vmm::exit::ExitCode;
 fn main() -> std::process::ExitCode {
     // The boot-time marker counts from here.
     let start = Instant::now();
+    // Before any thread exists, so every thread inherits the mask.
+    let signals_blocked = moat_vmm::signals::block_stop_signals();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -25,6 +27,9 @@ fn main() -> std::process::ExitCode {
         }
     };
     moat_vmm::logger::init(cli.log.as_deref());
+    if let Err(e) = &signals_blocked {
+        tracing::warn!(error = %e, "block SIGTERM/SIGINT; they will kill the VMM outright");
+    }
     let config = match cli.to_config() {
         Ok(config) => config,
         Err(e) => {
@@ -39,6 +44,11 @@ fn main() -> std::process::ExitCode {
             return e.exit_code().into();
         }
     };
+    if signals_blocked.is_ok() {
+        if let Err(e) = moat_vmm::signals::spawn_stop_watcher(vmm.exit_handle()) {
+            tracing::warn!(error = %e, "start the signal thread; SIGTERM/SIGINT are ignored");
+        }
+    }
     let reason = vmm.wait();
     let code = reason.exit_code();
     eprintln!("moat-vmm: {reason} (exit status {})", code as u8);

@@ -369,6 +369,47 @@ fn kernel_panic_end_marker_exits_3_without_reboot() {
 }
 
 #[test]
+fn sigterm_stops_the_vm_and_flushes_the_console() {
+    require_kvm!();
+    // A guest that writes half a line, marks, and halts for good.
+    let code = Asm::default()
+        .serial_port()
+        .puts(b"partial")
+        .boot_marker()
+        .bytes(&[0xf4, 0xeb, 0xfd])
+        .0;
+    let guest = Guest::new(&code, false);
+    let err_path = guest.dir.path().join("stderr");
+    let child = Command::new(env!("CARGO_BIN_EXE_moat-vmm"))
+        .arg("--kernel")
+        .arg(&guest.kernel)
+        .args(["--memory-mib", "32", "--console"])
+        .arg(format!("file:{}", guest.console().display()))
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&err_path)
+        .unwrap_or_default()
+        .contains("boot-marker")
+    {
+        assert!(Instant::now() < deadline, "guest never marked");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SAFETY: plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let err = std::fs::read_to_string(&err_path).unwrap();
+    assert_eq!(out.status.code(), Some(143), "{err}");
+    assert!(
+        err.contains("moat-vmm: stopped by SIGTERM (exit status 143)"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(guest.console()).unwrap(), b"partial");
+}
+
+#[test]
 fn hostile_accesses_do_not_stop_the_vm() {
     require_kvm!();
     let code = Asm::default()
