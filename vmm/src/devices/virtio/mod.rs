@@ -18,6 +18,7 @@
 
 pub mod block;
 pub mod fs;
+pub mod mmio;
 pub mod net;
 pub mod queue_util;
 pub mod rng;
@@ -47,6 +48,7 @@ pub type GuestMemory = GuestMemoryMmap<()>;
 pub struct Interrupt {
     status: Arc<AtomicU32>,
     irqfd: Arc<EventFd>,
+    config_generation: Arc<AtomicU32>,
 }
 
 impl Interrupt {
@@ -55,6 +57,7 @@ impl Interrupt {
         Interrupt {
             status: Arc::new(AtomicU32::new(0)),
             irqfd: Arc::new(irqfd),
+            config_generation: Arc::new(AtomicU32::new(0)),
         }
     }
 
@@ -63,9 +66,17 @@ impl Interrupt {
         self.signal(VIRTIO_MMIO_INT_VRING)
     }
 
-    /// Tells the guest that the configuration space changed.
+    /// Tells the guest that the configuration space changed. Also bumps the
+    /// `ConfigGeneration` register, so a driver reading a multi-word field across
+    /// the change retries.
     pub fn signal_config_change(&self) -> std::io::Result<()> {
+        self.config_generation.fetch_add(1, Ordering::SeqCst);
         self.signal(VIRTIO_MMIO_INT_CONFIG)
+    }
+
+    /// The `ConfigGeneration` register: how many config changes were signalled.
+    pub fn config_generation(&self) -> u32 {
+        self.config_generation.load(Ordering::SeqCst)
     }
 
     fn signal(&self, bit: u32) -> std::io::Result<()> {
@@ -214,5 +225,16 @@ mod tests {
         assert_eq!(irq.irqfd().read().unwrap(), 2);
         irq.ack(VIRTIO_MMIO_INT_VRING);
         assert_eq!(irq.status(), VIRTIO_MMIO_INT_CONFIG);
+    }
+
+    #[test]
+    fn config_change_bumps_generation() {
+        let irq = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        assert_eq!(irq.config_generation(), 0);
+        irq.signal_used_queue().unwrap();
+        assert_eq!(irq.config_generation(), 0);
+        irq.signal_config_change().unwrap();
+        // Clones share the counter.
+        assert_eq!(irq.clone().config_generation(), 1);
     }
 }

@@ -1,0 +1,33 @@
+#!/bin/sh
+# Boots the guest kernel with moat-vmm in several ways, from the root of the
+# added files (./bin/moat-vmm, ./boot/vmlinux, ./boot/initrd.cpio; the initrd's
+# /init is tests/vmm-boot/init.c). For each case it prints
+#   case <name> status=<exit status>
+# then the console and moat-vmm's stderr, one line each, prefixed by
+# "<name> console: " and "<name> stderr: ". The devices case also prints
+# "devices host: ..." with what the guest wrote into its share.
+set -u
+base="console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"
+tmp=$(mktemp -d)
+run() {
+    name=$1
+    shift
+    ./bin/moat-vmm --kernel ./boot/vmlinux --initrd ./boot/initrd.cpio --memory-mib 256 \
+        --console "file:$tmp/$name.console" "$@" </dev/null 2>"$tmp/$name.err"
+    echo "case $name status=$?"
+    sed "s/^/$name console: /" "$tmp/$name.console" 2>/dev/null
+    sed "s/^/$name stderr: /" "$tmp/$name.err"
+}
+run pvh --cmdline "$base" --log debug
+run linux64 --cmdline "$base" --boot-protocol linux64 --log debug
+run smp --cmdline "$base" --vcpus 2
+run panic --cmdline "$base -- panic"
+# The virtio devices, driven by the guest's own drivers.
+mkdir -p "$tmp/share"
+echo "hello from the host" >"$tmp/share/hello.txt"
+dd if=/dev/zero of="$tmp/disk.img" bs=1024 count=1024 2>/dev/null
+printf 'moat-disk-ok\n' | dd of="$tmp/disk.img" conv=notrunc 2>/dev/null
+run devices --cmdline "$base -- devices" --rng --disk "path=$tmp/disk.img,ro" \
+    --fs "tag=share,path=$tmp/share" --vsock-cid 3 --vsock-uds "$tmp/v.sock"
+echo "devices host: from-guest.txt: $(cat "$tmp/share/from-guest.txt" 2>&1)"
+rm -rf "$tmp"

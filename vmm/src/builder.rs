@@ -1,0 +1,700 @@
+//! Assembles a running microVM from a validated `VmConfig`, as one straight
+//! recipe of small steps (Firecracker's habit):
+//!
+//! `enter_fs_sandbox` → `build_virtio_devices` → `create_vm` → `setup_memory` →
+//! `load_kernel` → `setup_irqchip` → `attach_legacy_devices` →
+//! `attach_boot_marker` → `attach_virtio_device` (each) → `configure_system` →
+//! `create_vcpus` → `start_vcpus`.
+//!
+//! Ordering rules are stated where they bind. This module owns the order and the
+//! wiring between parts (slots, IRQs, irqfds, ioeventfds, command line); each
+//! part's own work lives in `arch`, `vstate` and `devices`.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use linux_loader::cmdline::Cmdline;
+use vm_memory::GuestAddress;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::{self, layout, EntryPoint, InitrdRegion, LoadedKernel};
+use crate::config::{ConfigError, ConsoleConfig, ConsoleOutput, VmConfig};
+use crate::devices::boot_marker::BootMarker;
+use crate::devices::bus::{Bus, BusError};
+use crate::devices::legacy::{ConsoleWriter, IrqTrigger, SerialDevice};
+use crate::devices::virtio::mmio::{MmioTransport, MmioTransportError, NOTIFY_REG_OFFSET};
+use crate::devices::virtio::{block, fs, net, rng, vsock};
+use crate::devices::virtio::{GuestMemory, Interrupt, VirtioDevice};
+use crate::exit::{ExitCode, ExitHandle};
+use crate::vmm::Vmm;
+use crate::vstate::memory::{create_guest_memory, GuestRam, MemoryError};
+use crate::vstate::vcpu::{self, Vcpu};
+use crate::vstate::vm::{CreateVmError, RegisterEventError, RegisterMemoryError, Vm};
+
+/// Why a virtio device could not be created from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("device {device}: {source}")]
+    Create {
+        device: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Boxes a freshly created device, or names it in the error.
+pub fn created<D, E>(
+    device: &'static str,
+    result: Result<D, E>,
+) -> Result<Box<dyn VirtioDevice>, DeviceError>
+where
+    D: VirtioDevice + 'static,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match result {
+        Ok(dev) => Ok(Box::new(dev)),
+        Err(e) => Err(DeviceError::Create {
+            device,
+            source: Box::new(e),
+        }),
+    }
+}
+
+/// The virtio-fs devices' configurations, as the device takes them.
+fn fs_configs(config: &VmConfig) -> Vec<fs::FsConfig> {
+    config
+        .fs
+        .iter()
+        .map(|c| fs::FsConfig {
+            tag: c.tag.clone(),
+            num_request_queues: c.num_request_queues,
+            mounts: c
+                .all_mounts()
+                .into_iter()
+                .map(|m| fs::FsMount {
+                    guest_path: m.guest_path,
+                    host_dir: m.host_dir,
+                    read_only: m.read_only,
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// Creates the configured virtio devices, in slot order: vsock, shares, network,
+/// disks, rng. One line per device kind. The virtio-fs sandbox must have been
+/// entered already (see [`enter_fs_sandbox`]).
+pub fn build_virtio_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, DeviceError> {
+    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    if let Some(c) = &config.vsock {
+        devices.push(created(
+            "vsock",
+            vsock::Vsock::new(vsock::VsockConfig {
+                guest_cid: c.guest_cid,
+                uds_path: c.uds_path.clone(),
+            }),
+        )?);
+    }
+    for c in fs_configs(config) {
+        devices.push(created("fs", fs::Fs::new(c))?);
+    }
+    for c in &config.net {
+        let mac = c.mac_bytes().map_err(|reason| DeviceError::Create {
+            device: "net",
+            source: reason.into(),
+        })?;
+        devices.push(created(
+            "net",
+            net::Net::new(net::NetConfig {
+                tap_name: c.tap.clone(),
+                mac,
+            }),
+        )?);
+    }
+    for c in &config.disks {
+        devices.push(created(
+            "block",
+            block::Block::new(block::BlockConfig {
+                path: c.path.clone(),
+                read_only: c.read_only,
+                id: c.id.clone(),
+            }),
+        )?);
+    }
+    if config.rng.is_some() {
+        devices.push(created("rng", rng::Rng::new(rng::RngConfig::default()))?);
+    }
+    Ok(devices)
+}
+
+/// Enters the virtio-fs mount-namespace sandbox when shares are configured.
+/// Must run while the process is single-threaded, before the devices exist.
+pub fn enter_fs_sandbox(config: &VmConfig) -> Result<(), fs::sandbox::SandboxError> {
+    let configs = fs_configs(config);
+    if configs.is_empty() {
+        return Ok(());
+    }
+    fs::sandbox::enter(configs.iter().flat_map(|c| &c.mounts))
+}
+
+/// Why a virtio device could not be attached to the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachDeviceError {
+    #[error("attach {device}: all {max} virtio-mmio slots are taken")]
+    NoSlot { device: &'static str, max: usize },
+    #[error("attach {device}: create irq eventfd: {source}")]
+    EventFd {
+        device: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("attach {device}: {source}")]
+    Register {
+        device: &'static str,
+        #[source]
+        source: RegisterEventError,
+    },
+    #[error(transparent)]
+    Transport(#[from] MmioTransportError),
+    #[error("attach {device}: {source}")]
+    Bus {
+        device: &'static str,
+        #[source]
+        source: BusError,
+    },
+    #[error("attach {device}: add to the kernel command line: {source}")]
+    Cmdline {
+        device: &'static str,
+        #[source]
+        source: linux_loader::cmdline::Error,
+    },
+}
+
+/// Why the legacy devices could not be attached.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachLegacyError {
+    #[error("open console output {path}: {source}")]
+    ConsoleFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("create serial irq eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+    #[error(transparent)]
+    Arch(#[from] arch::LegacyDevicesError),
+    #[error("attach boot marker: {0}")]
+    BootMarker(#[source] BusError),
+}
+
+/// Why vCPUs could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateVcpusError {
+    #[error(transparent)]
+    Template(#[from] arch::CpuTemplateError),
+    #[error("create vcpu {vcpu}: {source}")]
+    Create {
+        vcpu: u8,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error(transparent)]
+    Configure(#[from] arch::ConfigureVcpuError),
+}
+
+/// Why vCPUs could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartVcpusError {
+    #[error("install the vcpu kick signal handler: {0}")]
+    Signal(#[source] kvm_ioctls::Error),
+    #[error("start vcpu thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// Why the VM could not be started. One variant per step of the recipe.
+#[derive(Debug, thiserror::Error)]
+pub enum StartVmError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Sandbox(#[from] fs::sandbox::SandboxError),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error(transparent)]
+    CreateVm(#[from] CreateVmError),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    RegisterMemory(#[from] RegisterMemoryError),
+    #[error("open {what} {path}: {source}")]
+    Open {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    LoadKernel(#[from] arch::LoadKernelError),
+    #[error(transparent)]
+    LoadInitrd(#[from] arch::LoadInitrdError),
+    #[error(transparent)]
+    Irqchip(#[from] arch::IrqchipError),
+    #[error(transparent)]
+    Legacy(#[from] AttachLegacyError),
+    #[error(transparent)]
+    AttachDevice(#[from] AttachDeviceError),
+    #[error(transparent)]
+    ConfigureSystem(#[from] arch::ConfigureSystemError),
+    #[error(transparent)]
+    CreateVcpus(#[from] CreateVcpusError),
+    #[error(transparent)]
+    StartVcpus(#[from] StartVcpusError),
+}
+
+impl StartVmError {
+    /// Problems with what the caller asked for (configuration, files named in
+    /// it, device configurations the devices refuse) exit with `BadConfig`; the rest with
+    /// `Error`.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            StartVmError::Config(_)
+            | StartVmError::Device(_)
+            | StartVmError::Open { .. }
+            | StartVmError::LoadKernel(_)
+            | StartVmError::LoadInitrd(_)
+            | StartVmError::Legacy(AttachLegacyError::ConsoleFile { .. }) => ExitCode::BadConfig,
+            StartVmError::Sandbox(
+                fs::sandbox::SandboxError::HostDir { .. }
+                | fs::sandbox::SandboxError::NotDirectory { .. }
+                | fs::sandbox::SandboxError::Conflict { .. }
+                | fs::sandbox::SandboxError::SystemDir { .. },
+            ) => ExitCode::BadConfig,
+            _ => ExitCode::Error,
+        }
+    }
+}
+
+/// Opens `/dev/kvm` and creates the VM.
+fn create_vm() -> Result<Vm, StartVmError> {
+    Ok(Vm::new()?)
+}
+
+/// Maps guest RAM and gives it to KVM.
+fn setup_memory(vm: &Vm, size: u64) -> Result<GuestRam, StartVmError> {
+    let ram = create_guest_memory(size)?;
+    vm.register_memory(ram.memory())?;
+    Ok(ram)
+}
+
+fn open(what: &'static str, path: &Path) -> Result<File, StartVmError> {
+    File::open(path).map_err(|source| StartVmError::Open {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Loads the kernel, then the initrd above it.
+fn load_kernel(
+    mem: &GuestMemory,
+    config: &VmConfig,
+) -> Result<(LoadedKernel, Option<InitrdRegion>), StartVmError> {
+    let Some(kernel_path) = &config.kernel else {
+        return Err(ConfigError::Invalid {
+            field: "kernel".into(),
+            message: "required".into(),
+        }
+        .into());
+    };
+    let mut kernel_file = open("kernel", kernel_path)?;
+    let kernel = arch::load_kernel(mem, &mut kernel_file, kernel_path, config.boot_protocol)?;
+    let initrd = match &config.initrd {
+        Some(path) => {
+            let mut file = open("initrd", path)?;
+            Some(arch::load_initrd(
+                mem,
+                config.memory_bytes(),
+                &mut file,
+                path,
+                kernel.kernel_end,
+            )?)
+        }
+        None => None,
+    };
+    Ok((kernel, initrd))
+}
+
+fn console_writer(
+    config: &ConsoleConfig,
+    exit: &ExitHandle,
+) -> Result<ConsoleWriter, AttachLegacyError> {
+    let sink: Option<Box<dyn Write + Send>> = match &config.output {
+        ConsoleOutput::Stdout => Some(Box::new(std::io::stdout())),
+        ConsoleOutput::Stderr => Some(Box::new(std::io::stderr())),
+        ConsoleOutput::None => None,
+        ConsoleOutput::File(path) => {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| AttachLegacyError::ConsoleFile {
+                    path: path.clone(),
+                    source,
+                })?;
+            Some(Box::new(file))
+        }
+    };
+    // An interactive console shows every byte at once; otherwise whole lines.
+    Ok(ConsoleWriter::new(sink, !config.input, exit.clone()))
+}
+
+/// Creates the serial console and puts it, with the i8042, where the
+/// architecture wants them. Needs the irqchip (the serial's irqfd).
+fn attach_legacy_devices(
+    vm: &Vm,
+    pio: &mut Bus,
+    config: &VmConfig,
+    exit: &ExitHandle,
+) -> Result<Arc<Mutex<SerialDevice>>, AttachLegacyError> {
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(AttachLegacyError::EventFd)?;
+    let trigger = IrqTrigger(irq.try_clone().map_err(AttachLegacyError::EventFd)?);
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        trigger,
+        console_writer(&config.console, exit)?,
+    )));
+    arch::attach_legacy_devices(vm.fd(), pio, serial.clone(), &irq, exit)?;
+    Ok(serial)
+}
+
+/// Puts the boot-time marker at the start of the MMIO window.
+fn attach_boot_marker(mmio: &mut Bus, start: Instant) -> Result<(), AttachLegacyError> {
+    mmio.insert(
+        Arc::new(Mutex::new(BootMarker::new(start))),
+        "boot-marker",
+        layout::BOOT_MARKER_START,
+        layout::BOOT_MARKER_SIZE,
+    )
+    .map_err(AttachLegacyError::BootMarker)
+}
+
+/// Attaches any virtio device in virtio-mmio slot `slot`: its MMIO window and
+/// IRQ from the layout, an irqfd for its interrupt, one ioeventfd per queue on
+/// `QueueNotify` (datamatch = queue index), and `virtio_mmio.device=4K@addr:irq`
+/// on the kernel command line. Needs the irqchip.
+pub fn attach_virtio_device(
+    vm: &Vm,
+    mem: &GuestMemory,
+    mmio: &mut Bus,
+    cmdline: &mut Cmdline,
+    slot: usize,
+    device: Box<dyn VirtioDevice>,
+) -> Result<Arc<Mutex<MmioTransport>>, AttachDeviceError> {
+    let name = device.name();
+    let (addr, irq) = layout::virtio_mmio_slot(slot).ok_or(AttachDeviceError::NoSlot {
+        device: name,
+        max: layout::MAX_VIRTIO_DEVICES,
+    })?;
+    let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| AttachDeviceError::EventFd {
+        device: name,
+        source,
+    })?;
+    let interrupt = Interrupt::new(irqfd);
+    vm.register_irqfd(interrupt.irqfd(), irq)
+        .map_err(|source| AttachDeviceError::Register {
+            device: name,
+            source,
+        })?;
+    let transport = MmioTransport::new(mem.clone(), device, interrupt)?;
+    for (index, evt) in (0u32..).zip(transport.queue_evts()) {
+        vm.register_mmio_ioevent(evt, addr + NOTIFY_REG_OFFSET, index)
+            .map_err(|source| AttachDeviceError::Register {
+                device: name,
+                source,
+            })?;
+    }
+    let transport = Arc::new(Mutex::new(transport));
+    mmio.insert(transport.clone(), name, addr, layout::VIRTIO_MMIO_SIZE)
+        .map_err(|source| AttachDeviceError::Bus {
+            device: name,
+            source,
+        })?;
+    cmdline
+        .add_virtio_mmio_device(layout::VIRTIO_MMIO_SIZE, GuestAddress(addr), irq, None)
+        .map_err(|source| AttachDeviceError::Cmdline {
+            device: name,
+            source,
+        })?;
+    tracing::debug!(
+        device = name,
+        slot,
+        addr = format_args!("{addr:#x}"),
+        irq,
+        "virtio device attached"
+    );
+    Ok(transport)
+}
+
+/// Creates and configures every vCPU. Needs the irqchip (LAPIC set-up) and the
+/// final guest memory contents (nothing here, but the registers point into it).
+fn create_vcpus(
+    vm: &Vm,
+    count: u8,
+    entry: EntryPoint,
+    pio: &Arc<Bus>,
+    mmio: &Arc<Bus>,
+    exit: &ExitHandle,
+) -> Result<Vec<Vcpu>, CreateVcpusError> {
+    let template = arch::CpuTemplate::from_kvm(vm.kvm())?;
+    let mut vcpus = Vec::with_capacity(usize::from(count));
+    for id in 0..count {
+        let fd = vm
+            .fd()
+            .create_vcpu(u64::from(id))
+            .map_err(|source| CreateVcpusError::Create { vcpu: id, source })?;
+        arch::configure_vcpu(&template, &fd, id, count, entry)?;
+        vcpus.push(Vcpu::new(id, fd, pio.clone(), mmio.clone(), exit.clone()));
+    }
+    Ok(vcpus)
+}
+
+/// Starts one thread per vCPU. If one cannot start, the others are stopped.
+fn start_vcpus(
+    vcpus: Vec<Vcpu>,
+    exit: &ExitHandle,
+) -> Result<Vec<std::thread::JoinHandle<()>>, StartVcpusError> {
+    vcpu::register_kick_signal().map_err(StartVcpusError::Signal)?;
+    let mut handles = Vec::with_capacity(vcpus.len());
+    for vcpu in vcpus {
+        match vcpu.start() {
+            Ok(handle) => handles.push(handle),
+            Err(e) => {
+                vcpu::stop_vcpus(exit, handles, Duration::from_secs(1));
+                return Err(StartVcpusError::Thread(e));
+            }
+        }
+    }
+    Ok(handles)
+}
+
+fn elapsed_us(start: Instant) -> u128 {
+    start.elapsed().as_micros()
+}
+
+/// Builds the VM described by `config` and starts it. `start` is when the VMM
+/// process started (the boot marker's zero).
+pub fn build_microvm(config: &VmConfig, start: Instant) -> Result<Vmm, StartVmError> {
+    build_microvm_with(config, start, Vec::new())
+}
+
+/// Like [`build_microvm`], with `extra` devices attached after the configured
+/// ones (for embedders and tests with devices of their own).
+pub fn build_microvm_with(
+    config: &VmConfig,
+    start: Instant,
+    extra: Vec<Box<dyn VirtioDevice>>,
+) -> Result<Vmm, StartVmError> {
+    config.validate()?;
+    // Ordering: the virtio-fs sandbox needs a single-threaded process and comes
+    // before the shares are opened.
+    enter_fs_sandbox(config)?;
+    // Devices next: a bad device configuration fails before any KVM work.
+    let mut devices = build_virtio_devices(config)?;
+    devices.extend(extra);
+    if devices.len() > layout::MAX_VIRTIO_DEVICES {
+        return Err(ConfigError::Invalid {
+            field: "(devices)".into(),
+            message: format!(
+                "{} virtio devices, at most {}",
+                devices.len(),
+                layout::MAX_VIRTIO_DEVICES
+            ),
+        }
+        .into());
+    }
+
+    let vm = create_vm()?;
+    let ram = setup_memory(&vm, config.memory_bytes())?;
+    let mem = ram.memory().clone();
+    tracing::debug!(elapsed_us = elapsed_us(start), "vm and guest memory ready");
+    let (kernel, initrd) = load_kernel(&mem, config)?;
+    tracing::debug!(
+        elapsed_us = elapsed_us(start),
+        ?initrd,
+        "kernel and initrd loaded"
+    );
+
+    // Ordering: the irqchip comes before any vCPU (KVM refuses to create one
+    // once vCPUs exist) and before any irqfd (an irqfd injects into it).
+    arch::setup_irqchip(vm.fd())?;
+
+    let exit = ExitHandle::new();
+    let mut pio = Bus::new("pio");
+    let mut mmio = Bus::new("mmio");
+    let serial = attach_legacy_devices(&vm, &mut pio, config, &exit)?;
+    attach_boot_marker(&mut mmio, start)?;
+
+    let mut cmdline = Cmdline::try_from(config.cmdline_or_default(), arch::CMDLINE_MAX_SIZE)
+        .map_err(|e| ConfigError::Invalid {
+            field: "cmdline".into(),
+            message: e.to_string(),
+        })?;
+    let mut transports = Vec::with_capacity(devices.len());
+    for (slot, device) in devices.into_iter().enumerate() {
+        transports.push(attach_virtio_device(
+            &vm,
+            &mem,
+            &mut mmio,
+            &mut cmdline,
+            slot,
+            device,
+        )?);
+    }
+
+    // Ordering: the command line is final only once every device added itself.
+    arch::configure_system(
+        &mem,
+        config.memory_bytes(),
+        &cmdline,
+        config.vcpus,
+        kernel.entry,
+        initrd,
+    )?;
+
+    // Ordering: buses are complete and read-only from here on; vCPUs share them.
+    let pio = Arc::new(pio);
+    let mmio = Arc::new(mmio);
+    let vcpus = create_vcpus(&vm, config.vcpus, kernel.entry, &pio, &mmio, &exit)?;
+
+    // Ordering: vCPUs start last, once everything they can reach exists.
+    let handles = start_vcpus(vcpus, &exit)?;
+    tracing::debug!(elapsed_us = elapsed_us(start), "vcpus started");
+    Ok(Vmm::new(
+        vm,
+        ram,
+        exit,
+        handles,
+        serial,
+        transports,
+        config.console.input,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> VmConfig {
+        VmConfig {
+            kernel: Some("/nonexistent/vmlinux".into()),
+            ..VmConfig::default()
+        }
+    }
+
+    #[test]
+    fn devices_are_created_in_slot_order() {
+        let disk = tempfile::NamedTempFile::new().unwrap();
+        disk.as_file().set_len(1 << 20).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = VmConfig {
+            vsock: Some(crate::config::VsockConfig {
+                guest_cid: 3,
+                uds_path: dir.path().join("v.sock"),
+            }),
+            disks: vec![crate::config::DiskConfig {
+                path: disk.path().to_owned(),
+                read_only: true,
+                id: None,
+            }],
+            rng: Some(crate::config::RngConfig {}),
+            ..config()
+        };
+        let devices = build_virtio_devices(&cfg).unwrap();
+        let names: Vec<_> = devices.iter().map(|d| d.name()).collect();
+        assert_eq!(names, vec!["vsock", "block", "rng"]);
+        assert!(build_virtio_devices(&config()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn device_errors_name_the_device() {
+        let cases: Vec<(VmConfig, &str)> = vec![
+            (
+                VmConfig {
+                    vsock: Some(crate::config::VsockConfig {
+                        guest_cid: 3,
+                        uds_path: "/nonexistent/dir/v.sock".into(),
+                    }),
+                    ..config()
+                },
+                "device vsock: ",
+            ),
+            (
+                VmConfig {
+                    disks: vec!["path=/nonexistent/disk.img".parse().unwrap()],
+                    ..config()
+                },
+                "device block: ",
+            ),
+        ];
+        for (cfg, prefix) in cases {
+            let err = build_microvm(&cfg, Instant::now()).unwrap_err();
+            assert!(err.to_string().starts_with(prefix), "{err}");
+            assert_eq!(err.exit_code(), ExitCode::BadConfig);
+        }
+    }
+
+    #[test]
+    fn invalid_config_is_refused_before_kvm() {
+        let err = build_microvm(&VmConfig::default(), Instant::now()).unwrap_err();
+        assert_eq!(err.exit_code(), ExitCode::BadConfig);
+        assert!(err.to_string().contains("`kernel`"), "{err}");
+    }
+
+    #[test]
+    fn start_errors_classify() {
+        let open = StartVmError::Open {
+            what: "kernel",
+            path: "/k".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        assert_eq!(open.exit_code(), ExitCode::BadConfig);
+        assert!(open.to_string().starts_with("open kernel /k: "));
+        let kvm = StartVmError::CreateVm(CreateVmError::ApiVersion(11));
+        assert_eq!(kvm.exit_code(), ExitCode::Error);
+    }
+
+    #[test]
+    fn created_names_the_device_in_errors() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("socket in use")]
+        struct Busy;
+        #[derive(Debug)]
+        struct Never;
+        impl VirtioDevice for Never {
+            fn name(&self) -> &'static str {
+                "never"
+            }
+            fn device_type(&self) -> u32 {
+                0
+            }
+            fn queue_max_sizes(&self) -> &[u16] {
+                &[]
+            }
+            fn avail_features(&self) -> u64 {
+                0
+            }
+            fn read_config(&self, _: u64, _: &mut [u8]) {}
+            fn activate(
+                &mut self,
+                _: crate::devices::virtio::ActivateContext,
+            ) -> Result<(), crate::devices::virtio::ActivateError> {
+                Ok(())
+            }
+        }
+        let err = created::<Never, Busy>("vsock", Err(Busy)).unwrap_err();
+        assert_eq!(err.to_string(), "device vsock: socket in use");
+        assert!(created::<Never, Busy>("x", Ok(Never)).is_ok());
+    }
+}
