@@ -309,6 +309,7 @@ impl Manager {
             return Err(AgentError::bad("the spec has no linux section"));
         }
         self.check_controllers(spec.linux().as_ref().and_then(|l| l.resources().as_ref()))?;
+        check_rlimits(spec.process().as_ref())?;
 
         let dir = self.run_dir.join("containers").join(&id);
         let sys = &*self.sys;
@@ -382,7 +383,7 @@ impl Manager {
             }
             p
         };
-        seccomp_for_libcontainer(&mut spec);
+        adapt_for_libcontainer(&mut spec);
 
         // Bundle.
         let bundle = dir.join("bundle");
@@ -599,10 +600,13 @@ impl Manager {
         }
         let _reservation = self.reserve(format!("exec {id}/{exec}"))?;
         let tty = check_process(Some(&req.process), &req.stdio)
+            .and_then(|tty| check_rlimits(Some(&req.process)).map(|()| tty))
             .map_err(|e| AgentError::new(e.code, format!("{what}: {}", e.message)))?;
         let console_size = req.process.console_size().map(window_size);
         let process_file = c.dir.join(format!("exec-{exec}.json"));
-        let json = serde_json::to_vec(&req.process)
+        let mut process = req.process.clone();
+        adapt_process_for_libcontainer(&mut process);
+        let json = serde_json::to_vec(&process)
             .map_err(|e| AgentError::internal(format!("{what}: encode process: {e}")))?;
         self.sys
             .write_file(&process_file, &json, 0o600)
@@ -848,6 +852,77 @@ fn attach_error(e: AttachError, what: &str) -> AgentError {
     AgentError::new(code, format!("{what}: the stream {e}"))
 }
 
+/// Capability number of `CAP_SYS_RESOURCE` (linux/capability.h).
+const CAP_SYS_RESOURCE: u32 = 24;
+
+/// `CAP_SYS_RESOURCE` is in the agent's effective set (always so in the guest).
+fn has_sys_resource() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|eff| eff & (1 << CAP_SYS_RESOURCE) != 0)
+}
+
+/// Refuses rlimits above the agent's own hard limits when the agent may not raise them
+/// (a host without `CAP_SYS_RESOURCE`), instead of libcontainer's bare EPERM.
+fn check_rlimits(p: Option<&OciProcess>) -> Result<(), AgentError> {
+    let Some(rlimits) = p.and_then(|p| p.rlimits().as_ref()) else {
+        return Ok(());
+    };
+    if rlimits.is_empty() || has_sys_resource() {
+        return Ok(());
+    }
+    for r in rlimits {
+        let Ok(resource) = rlimit_resource(r.typ()) else {
+            continue;
+        };
+        let Ok((_, hard)) = nix::sys::resource::getrlimit(resource) else {
+            continue;
+        };
+        if r.hard() > hard {
+            return Err(AgentError::new(
+                ErrorCode::NotSupported,
+                format!(
+                    "{:?} hard limit {} exceeds the agent's {hard}, and the agent lacks \
+                     CAP_SYS_RESOURCE to raise it",
+                    r.typ(),
+                    r.hard()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn rlimit_resource(t: oci_spec::runtime::PosixRlimitType) -> Result<nix::sys::resource::Resource, ()> {
+    use nix::sys::resource::Resource as R;
+    use oci_spec::runtime::PosixRlimitType as T;
+    Ok(match t {
+        T::RlimitCpu => R::RLIMIT_CPU,
+        T::RlimitFsize => R::RLIMIT_FSIZE,
+        T::RlimitData => R::RLIMIT_DATA,
+        T::RlimitStack => R::RLIMIT_STACK,
+        T::RlimitCore => R::RLIMIT_CORE,
+        T::RlimitRss => R::RLIMIT_RSS,
+        T::RlimitNproc => R::RLIMIT_NPROC,
+        T::RlimitNofile => R::RLIMIT_NOFILE,
+        T::RlimitMemlock => R::RLIMIT_MEMLOCK,
+        T::RlimitAs => R::RLIMIT_AS,
+        T::RlimitLocks => R::RLIMIT_LOCKS,
+        T::RlimitSigpending => R::RLIMIT_SIGPENDING,
+        T::RlimitMsgqueue => R::RLIMIT_MSGQUEUE,
+        T::RlimitNice => R::RLIMIT_NICE,
+        T::RlimitRtprio => R::RLIMIT_RTPRIO,
+        T::RlimitRttime => R::RLIMIT_RTTIME,
+        #[allow(unreachable_patterns)]
+        _ => return Err(()),
+    })
+}
+
 /// Checks the process part of a spec; returns whether it runs on a terminal.
 fn check_process(p: Option<&OciProcess>, stdio: &StdioConfig) -> Result<bool, AgentError> {
     let p = p.ok_or_else(|| AgentError::bad("the spec has no process"))?;
@@ -869,11 +944,32 @@ fn check_process(p: Option<&OciProcess>, stdio: &StdioConfig) -> Result<bool, Ag
     Ok(tty)
 }
 
-/// libcontainer 0.7 hands OCI's `SCMP_CMP_MASKED_EQ` operands to libseccomp the wrong
-/// way round (`value` as the datum, `valueTwo` as the mask; OCI, runc and Docker mean
-/// `value` as the mask). Swapping them here makes the filter mean what the spec says:
-/// without it Docker's clone rule never matches and every fork() gets EPERM. The
-/// host-mode test `fork_works_under_default_seccomp` fails if libcontainer changes.
+/// Works around two libcontainer 0.7 quirks so that the spec means what it says:
+///
+/// 1. It hands OCI's `SCMP_CMP_MASKED_EQ` operands to libseccomp the wrong way round
+///    (`value` as the datum, `valueTwo` as the mask; OCI, runc and Docker mean `value`
+///    as the mask). Without swapping them, Docker's clone rule does not filter the
+///    namespace flags: a container could `clone(CLONE_NEWUSER)` (test
+///    `docker_seccomp_profile_is_enforced` fails without the swap).
+/// 2. It treats `noNewPrivileges: false` like `true` when ordering seccomp: it loads
+///    the filter after dropping capabilities, without no_new_privs, which the kernel
+///    refuses (EACCES, reported as "failed to load seccomp context"). `false` is the
+///    default, so it is removed.
+pub fn adapt_for_libcontainer(spec: &mut Spec) {
+    if let Some(p) = spec.process_mut().as_mut() {
+        adapt_process_for_libcontainer(p);
+    }
+    seccomp_for_libcontainer(spec);
+}
+
+/// Quirk 2 of [`adapt_for_libcontainer`], for an exec's process.
+pub fn adapt_process_for_libcontainer(p: &mut OciProcess) {
+    if p.no_new_privileges() == Some(false) {
+        p.set_no_new_privileges(None);
+    }
+}
+
+/// Quirk 1 of [`adapt_for_libcontainer`].
 pub fn seccomp_for_libcontainer(spec: &mut Spec) {
     let Some(seccomp) = spec
         .linux_mut()
@@ -1240,7 +1336,7 @@ mod tests {
     #[test]
     fn masked_eq_operands_are_swapped_for_libcontainer() {
         let mut spec = crate::spec::docker_default(&crate::spec::SpecOptions::new(["sh"])).unwrap();
-        seccomp_for_libcontainer(&mut spec);
+        adapt_for_libcontainer(&mut spec);
         let seccomp = spec.linux().as_ref().unwrap().seccomp().as_ref().unwrap();
         let clone = seccomp
             .syscalls()

@@ -47,16 +47,36 @@ Options:
   -V, --version  the agent's version
 ";
 
-fn init_logging(filter: Option<&str>) {
+fn env_filter(filter: Option<&str>) -> tracing_subscriber::EnvFilter {
     let filter = filter
         .map(str::to_owned)
         .or_else(|| std::env::var(LOG_ENV).ok())
         .unwrap_or_else(|| "info".to_owned());
-    let env_filter = tracing_subscriber::EnvFilter::try_new(&filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+}
+
+fn init_logging(filter: Option<&str>) {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(env_filter)
+        .with_env_filter(env_filter(filter))
         .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// The helper logs to a close-on-exec duplicate of the agent's stderr, not to
+/// descriptor 2: libcontainer's container processes log through the same subscriber
+/// after they have put the container's stderr on descriptor 2, and those lines must
+/// reach the agent's log, never the container's output.
+fn init_helper_logging() {
+    let Ok(fd) = nix::fcntl::fcntl(2, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10)) else {
+        return;
+    };
+    // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
+    let log = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(env_filter(None))
+        .with_writer(std::sync::Mutex::new(log))
         .with_target(false)
         .try_init();
 }
@@ -81,7 +101,7 @@ fn log_filter_for_helper(filter: Option<&str>) -> Option<String> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some(HELPER_ARG) {
-        init_logging(None);
+        init_helper_logging();
         let code = moat_agent::helper::main();
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }

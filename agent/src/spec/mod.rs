@@ -327,8 +327,10 @@ pub fn docker_default(opts: &SpecOptions) -> Result<Spec, SpecError> {
             "permitted": cap_names,
         },
         "rlimits": rlimits,
-        "noNewPrivileges": opts.no_new_privileges,
     });
+    if opts.no_new_privileges {
+        set(&mut process, "noNewPrivileges", json!(true));
+    }
     if let (true, Some((rows, cols))) = (opts.terminal, opts.console_size) {
         set(
             &mut process,
@@ -396,7 +398,7 @@ mod tests {
         );
         assert_eq!(p.cwd().to_str(), Some("/"));
         assert_eq!((p.user().uid(), p.user().gid()), (0, 0));
-        assert_eq!(p.no_new_privileges(), Some(false));
+        assert_eq!(p.no_new_privileges(), None);
         let caps = p.capabilities().as_ref().unwrap();
         let bounding = caps.bounding().as_ref().unwrap();
         assert_eq!(bounding.len(), 14);
