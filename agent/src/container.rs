@@ -898,7 +898,9 @@ fn check_rlimits(p: Option<&OciProcess>) -> Result<(), AgentError> {
     Ok(())
 }
 
-fn rlimit_resource(t: oci_spec::runtime::PosixRlimitType) -> Result<nix::sys::resource::Resource, ()> {
+fn rlimit_resource(
+    t: oci_spec::runtime::PosixRlimitType,
+) -> Result<nix::sys::resource::Resource, ()> {
     use nix::sys::resource::Resource as R;
     use oci_spec::runtime::PosixRlimitType as T;
     Ok(match t {

@@ -37,7 +37,9 @@ pub fn require_root() {
 pub fn busybox_layers(dir: &Path) -> Vec<PathBuf> {
     let l0 = dir.join("layer0");
     let l1 = dir.join("layer1");
-    for d in ["bin", "sbin", "usr/bin", "usr/sbin", "etc", "tmp", "proc", "sys", "dev", "root", "data"] {
+    for d in [
+        "bin", "sbin", "usr/bin", "usr/sbin", "etc", "tmp", "proc", "sys", "dev", "root", "data",
+    ] {
         std::fs::create_dir_all(l0.join(d)).unwrap();
     }
     std::fs::set_permissions(l0.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
@@ -51,7 +53,11 @@ pub fn busybox_layers(dir: &Path) -> Vec<PathBuf> {
         std::fs::create_dir_all(link.parent().unwrap()).unwrap();
         std::os::unix::fs::symlink("/bin/busybox", &link).unwrap();
     }
-    std::fs::write(l0.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/tmp:/bin/sh\n").unwrap();
+    std::fs::write(
+        l0.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/tmp:/bin/sh\n",
+    )
+    .unwrap();
     std::fs::write(l0.join("etc/group"), "root:x:0:\nuser:x:1000:\n").unwrap();
     std::fs::write(l0.join("etc/gone"), "deleted in layer 1\n").unwrap();
     std::fs::write(l0.join("etc/motd"), "layer 0\n").unwrap();
@@ -59,7 +65,11 @@ pub fn busybox_layers(dir: &Path) -> Vec<PathBuf> {
     std::fs::write(l0.join("data/b"), "b\n").unwrap();
     std::fs::write(l0.join("bin/notexec"), "#!/bin/sh\necho never\n").unwrap();
     build_probe(&l0.join("bin/seccomp-probe"));
-    std::fs::set_permissions(l0.join("bin/notexec"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(
+        l0.join("bin/notexec"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
 
     std::fs::create_dir_all(l1.join("etc")).unwrap();
     std::fs::create_dir_all(l1.join("data")).unwrap();
@@ -92,8 +102,22 @@ fn xattr_set(path: &Path, name: &str, value: &[u8]) {
     let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     let n = std::ffi::CString::new(name).unwrap();
     // SAFETY: valid NUL-terminated strings and a buffer of the given length.
-    let rc = unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
-    assert_eq!(rc, 0, "setxattr {name} on {}: {}", path.display(), std::io::Error::last_os_error());
+    let rc = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "setxattr {name} on {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
 }
 
 /// An agent in host mode, shut down on drop.
@@ -107,7 +131,10 @@ pub struct Agent {
 impl Agent {
     pub fn start() -> Agent {
         require_root();
-        let dir = tempfile::Builder::new().prefix("moat-agent-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("moat-agent-")
+            .tempdir()
+            .unwrap();
         let layers = busybox_layers(dir.path());
         let socket = dir.path().join("agent.sock");
         let child = Command::new(env!("CARGO_BIN_EXE_moat-agent"))
@@ -116,13 +143,19 @@ impl Agent {
             .arg(&socket)
             .arg("--root")
             .arg(dir.path().join("run"))
-            .env("MOAT_AGENT_LOG", std::env::var("MOAT_AGENT_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "MOAT_AGENT_LOG",
+                std::env::var("MOAT_AGENT_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while UnixStream::connect(&socket).is_err() {
-            assert!(Instant::now() < deadline, "the agent did not listen within 10 s");
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not listen within 10 s"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         Agent {
@@ -149,7 +182,11 @@ impl Agent {
     pub fn rootfs(&self, id: &str) -> RootfsLayers {
         let rw = self.dir.path().join("rw").join(id);
         RootfsLayers {
-            layers: self.layers.iter().map(|l| l.display().to_string()).collect(),
+            layers: self
+                .layers
+                .iter()
+                .map(|l| l.display().to_string())
+                .collect(),
             upper: rw.join("upper").display().to_string(),
             work: rw.join("work").display().to_string(),
         }
@@ -160,9 +197,17 @@ impl Agent {
     }
 
     /// `create` with Docker's defaults for `args`.
-    pub fn create(&self, c: &mut Client<UnixStream>, id: &str, opts: SpecOptions, stdio: StdioConfig) -> i32 {
+    pub fn create(
+        &self,
+        c: &mut Client<UnixStream>,
+        id: &str,
+        opts: SpecOptions,
+        stdio: StdioConfig,
+    ) -> i32 {
         let req = self.create_request(id, opts, stdio);
-        c.create(req).unwrap_or_else(|e| panic!("create {id}: {e}")).0
+        c.create(req)
+            .unwrap_or_else(|e| panic!("create {id}: {e}"))
+            .0
     }
 
     pub fn create_request(&self, id: &str, opts: SpecOptions, stdio: StdioConfig) -> CreateRequest {
@@ -175,7 +220,12 @@ impl Agent {
         }
     }
 
-    pub fn output(&self, id: &str, exec: Option<&str>, kind: StreamKind) -> OutputStream<UnixStream> {
+    pub fn output(
+        &self,
+        id: &str,
+        exec: Option<&str>,
+        kind: StreamKind,
+    ) -> OutputStream<UnixStream> {
         attach_output(self.connect(), id, exec, kind).unwrap()
     }
 
@@ -184,7 +234,12 @@ impl Agent {
     }
 
     /// Reads an output stream to its end on a thread.
-    pub fn collect(&self, id: &str, exec: Option<&str>, kind: StreamKind) -> std::thread::JoinHandle<Vec<u8>> {
+    pub fn collect(
+        &self,
+        id: &str,
+        exec: Option<&str>,
+        kind: StreamKind,
+    ) -> std::thread::JoinHandle<Vec<u8>> {
         let mut s = self.output(id, exec, kind);
         std::thread::spawn(move || {
             let mut v = Vec::new();
@@ -219,7 +274,9 @@ impl Drop for Agent {
         loop {
             match self.child.try_wait() {
                 Ok(Some(_)) => break,
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
                 _ => {
                     let _ = self.child.kill();
                     let _ = self.child.wait();
@@ -243,7 +300,8 @@ pub fn out_err() -> StdioConfig {
 /// there (test `default_rlimits_need_cap_sys_resource` covers that case).
 pub fn opts<S: Into<String>>(args: impl IntoIterator<Item = S>) -> SpecOptions {
     let mut o = SpecOptions::new(args);
-    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
     o.rlimits = vec![("RLIMIT_NOFILE".to_owned(), hard.min(1024), hard.min(1024))];
     o
 }
