@@ -410,6 +410,21 @@ impl Manager {
         };
         let (pid, exit) = self.run_helper(&helper_req, io.child_fds.take())?;
         cleanup.init = Some((pid, exit.clone()));
+        // Before `start`: the init process waits for it, so the workload never runs
+        // without the filter.
+        let device_rules = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref())
+            .and_then(|r| r.devices().clone())
+            .unwrap_or_default();
+        if !device_rules.is_empty() {
+            let dir = Path::new("/sys/fs/cgroup").join(cgroup.strip_prefix("/").unwrap_or(&cgroup));
+            crate::devices::apply(&dir, &device_rules).map_err(|e| match e {
+                crate::devices::DeviceRuleError::Bpf { .. } => AgentError::internal(e.to_string()),
+                _ => AgentError::bad(e.to_string()),
+            })?;
+        }
         let process = io.finish(pid, exit, req.stdio, console_size)?;
 
         Ok(Container {

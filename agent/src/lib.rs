@@ -6,8 +6,8 @@
 //!
 //! Module map: `init` (guest start-up and power-off), `sys` (the system-call seam),
 //! `rootfs` (overlay and etc files), `container` (the container table), `helper` (the
-//! process that runs libcontainer), `reaper` (all waiting), `stdio` (pipes and
-//! pumps), `conn` (sockets), `server` (connections and dispatch).
+//! process that runs libcontainer), `reaper` (all waiting), `devices` (the
+//! cgroup v2 device filter), `stdio` (pipes and pumps), `conn` (sockets), `server` (connections and dispatch).
 
 // PID 1 must not panic: a dead init takes the VM and the exit status with it.
 #![cfg_attr(
@@ -25,6 +25,7 @@
 pub mod client;
 pub mod conn;
 pub mod container;
+pub mod devices;
 pub mod helper;
 pub mod init;
 pub mod protocol;

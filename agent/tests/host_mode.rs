@@ -625,3 +625,47 @@ fn latency_create_to_first_byte() {
     );
     assert!(a <= t);
 }
+
+#[test]
+fn device_rules_are_enforced() {
+    // Docker's rules allow mknod of any device but opening only the default set; the
+    // agent's BPF device filter enforces them on cgroup v2. /dev/kmsg (1:11) opens
+    // write-only without any capability, so only the filter can refuse it.
+    let agent = Agent::start();
+    let script = "mknod /tmp/kmsg c 1 11 && echo made; \
+                  if (: > /tmp/kmsg) 2>/dev/null; then echo opened; else echo denied; fi; \
+                  : > /dev/null && echo null-ok";
+    let (code, out, err) = agent.run("devices", sh(script));
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "made\ndenied\nnull-ok\n"),
+        "{err}"
+    );
+
+    // With a rule that allows it, the same open works: the filter, not something else,
+    // refused it above.
+    let mut c = agent.client();
+    let mut req = agent.create_request("devices-allowed", sh(script), out_err());
+    let linux = req.spec.linux_mut().as_mut().unwrap();
+    let mut resources = linux.resources().clone().unwrap();
+    let mut rules = resources.devices().clone().unwrap();
+    rules.push(
+        oci_spec::runtime::LinuxDeviceCgroupBuilder::default()
+            .allow(true)
+            .typ(oci_spec::runtime::LinuxDeviceType::C)
+            .major(1i64)
+            .minor(11i64)
+            .access("w")
+            .build()
+            .unwrap(),
+    );
+    resources.set_devices(Some(rules));
+    linux.set_resources(Some(resources));
+    c.create(req).unwrap();
+    let out = agent.collect("devices-allowed", None, StreamKind::Stdout);
+    let _err = agent.collect("devices-allowed", None, StreamKind::Stderr);
+    c.start("devices-allowed").unwrap();
+    assert_eq!(c.wait("devices-allowed", None).unwrap().code, 0);
+    assert_eq!(out.join().unwrap(), b"made\nopened\nnull-ok\n");
+    c.delete("devices-allowed", false).unwrap();
+}

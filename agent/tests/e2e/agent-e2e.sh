@@ -1,0 +1,65 @@
+#!/bin/sh
+# End-to-end run of the agent in a real microVM: moat-vmm boots the guest kernel with
+# the agent as /init, shares a busybox rootfs (two layers, the upper one with a
+# whiteout) over virtio-fs and reaches the agent over vsock. moat-agent-ctl runs one
+# container and exits with its status. Runs inside the nested test host (busybox sh)
+# or directly on a host with hardware KVM.
+#
+#   agent-e2e.sh DIR    DIR holds vmlinux, initrd.cpio, moat-vmm, moat-agent-ctl
+#
+# Prints `E2E ctl_exit=<n> vmm_exit=<n> wall_s=<s>` as its last stdout line and the
+# VM's console on stderr when something went wrong.
+set -u
+d=$1
+w=$(mktemp -d)
+share=$w/share
+l0=$share/layers/0
+l1=$share/layers/1
+mkdir -p "$l0/bin" "$l0/etc" "$l0/proc" "$l0/sys" "$l0/dev" "$l0/tmp" "$l0/root" \
+    "$l1/etc" "$share/upper" "$share/work"
+bb=$(command -v busybox)
+cp "$bb" "$l0/bin/busybox"
+for a in sh echo test cat ls sleep; do ln -s /bin/busybox "$l0/bin/$a"; done
+echo "layer 0" >"$l0/etc/gone"
+echo "layer 0" >"$l0/etc/motd"
+echo "layer 1" >"$l1/etc/motd"
+mknod "$l1/etc/gone" c 0 0 || { echo "E2E setup: mknod whiteout failed" >&2; exit 1; }
+
+start=$(cut -d' ' -f1 /proc/uptime)
+"$d/moat-vmm" --kernel "$d/vmlinux" --initrd "$d/initrd.cpio" --vcpus 1 --memory-mib 256 \
+    --cmdline "console=ttyS0 reboot=k panic=-1 moat.fs=moat:/mnt/moat moat.oneshot=1" \
+    --console "file:$w/console.log" \
+    --vsock-uds "$w/vsock.sock" --vsock-cid 3 \
+    --fs "tag=moat,path=$share" \
+    >"$w/vmm.out" 2>"$w/vmm.err" &
+vmm=$!
+
+"$d/moat-agent-ctl" --vsock "$w/vsock.sock" --wait-secs 120 run --timing \
+    --layer /mnt/moat/layers/0 --layer /mnt/moat/layers/1 \
+    --upper /mnt/moat/upper --work /mnt/moat/work \
+    -- sh -c 'echo out; echo err >&2; test -e /etc/gone && echo whiteout-ignored >&2; cat /etc/motd; exit 3'
+ctl=$?
+
+# The agent powers the VM off by itself (moat.oneshot=1); give it 60 s.
+n=0
+while kill -0 "$vmm" 2>/dev/null && [ $n -lt 600 ]; do
+    sleep 0.1
+    n=$((n + 1))
+done
+if kill -0 "$vmm" 2>/dev/null; then
+    echo "E2E: the VM did not power off within 60 s" >&2
+    kill -9 "$vmm"
+fi
+wait "$vmm"
+vmm_rc=$?
+end=$(cut -d' ' -f1 /proc/uptime)
+
+if [ "$ctl" != 3 ] || [ "$vmm_rc" != 0 ]; then
+    echo "---- moat-vmm stderr" >&2
+    cat "$w/vmm.err" >&2
+    echo "---- guest console" >&2
+    cat "$w/console.log" >&2
+fi
+grep -E "moat-agent|exited with code" "$w/console.log" | head -20 >&2
+echo "upper: $(ls "$share/upper" 2>&1 | tr '\n' ' ')"
+echo "E2E ctl_exit=$ctl vmm_exit=$vmm_rc wall_s=$(awk "BEGIN { print $end - $start }")"
