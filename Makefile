@@ -1,0 +1,140 @@
+# moat: two commands.
+#   make demo   boot the guest kernel (today: under the reference VMM in the test host)
+#   make test   fmt, clippy, unit tests, then the end-to-end tier
+# Also: deps, kernel [ARCH=x86_64|arm64], static, testhost, bench.
+# Expensive artifacts are cached under ~/.cache/moat/, keyed by their inputs.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+ARCH ?= x86_64
+ROOT := $(abspath .)
+BUILD := $(ROOT)/build
+CACHE ?= $(HOME)/.cache/moat
+CARGO ?= cargo
+# Static binaries for the test host and the guest. The explicit --target keeps
+# RUSTFLAGS away from build scripts and proc-macros.
+STATIC_TARGET := x86_64-unknown-linux-gnu
+STATIC_PACKAGES := -p moat-vmm -p moat-agent -p moat-tests
+STATIC_BINS := moat-vmm moat-agent moat-kvm-smoke
+
+KERNEL_IMAGE_x86_64 := vmlinux
+KERNEL_IMAGE_arm64 := Image
+
+# Debian 12 packages the project needs (build, test host, e2e tests).
+APT_PACKAGES := build-essential bc bison flex libelf-dev libssl-dev dwarves \
+	device-tree-compiler gcc-aarch64-linux-gnu libc6-dev-arm64-cross \
+	linux-source-6.1 xz-utils qemu-system-x86 seabios busybox-static cpio lz4 \
+	zstd libseccomp-dev skopeo umoci docker-registry docker.io util-linux \
+	coreutils
+RUST_COMPONENTS := rustfmt clippy
+RUST_TARGETS := x86_64-unknown-linux-musl aarch64-unknown-linux-gnu
+DEPS_HASH := $(shell echo '$(APT_PACKAGES) | $(RUST_COMPONENTS) | $(RUST_TARGETS)' | sha256sum | cut -c1-12)
+DEPS_STAMP := $(CACHE)/deps-$(DEPS_HASH).stamp
+
+# Where the end-to-end tests find the artifacts (tests/harness/artifacts.rs).
+E2E_ENV := MOAT_E2E_REQUIRED=1 \
+	MOAT_GUEST_KERNEL=$(BUILD)/kernel/x86_64/vmlinux \
+	MOAT_BIN_DIR=$(BUILD)/bin \
+	MOAT_TESTHOST_DIR=$(BUILD)/testhost \
+	MOAT_REF_INITRD=$(BUILD)/testhost/ref-initrd.cpio
+
+.PHONY: help deps kernel static testhost test unit e2e lint demo bench
+
+help:
+	@echo "make demo    boot the guest kernel and print its console"
+	@echo "make test    fmt + clippy + unit tests + end-to-end tests (MOAT_E2E_REQUIRED=1)"
+	@echo "make deps | kernel [ARCH=arm64] | static | testhost | bench"
+
+# --- deps: idempotent; fast once the stamp for this package list exists -------
+deps: $(DEPS_STAMP)
+
+$(DEPS_STAMP):
+	@set -e; \
+	sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	missing=""; \
+	for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "deps: installing$$missing"; \
+		$$sudo apt-get update -q; \
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q --no-install-recommends $$missing; \
+	fi; \
+	if ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then \
+		echo "deps: apt lists lack linux-image-cloud-amd64 (test host kernel); apt-get update"; \
+		$$sudo apt-get update -q; \
+	fi; \
+	command -v rustup >/dev/null || { echo "deps: rustup not found; install Rust with rustup first" >&2; exit 1; }; \
+	installed=$$(rustup component list --installed); \
+	for c in $(RUST_COMPONENTS); do \
+		echo "$$installed" | grep -q "^$$c" || rustup component add "$$c"; \
+	done; \
+	targets=$$(rustup target list --installed); \
+	for t in $(RUST_TARGETS); do \
+		echo "$$targets" | grep -qx "$$t" || rustup target add "$$t"; \
+	done; \
+	mkdir -p $(CACHE); rm -f $(CACHE)/deps-*.stamp; touch $@; \
+	echo "deps: ok"
+
+# --- kernel: cached by the hash of fragments, script, source and compiler ----
+kernel:
+	guest-kernel-config/build.sh $(ARCH) $(BUILD)/kernel/$(ARCH)
+	@grep -E '^(build_seconds|image_bytes)=' $(BUILD)/kernel/$(ARCH)/build-info
+
+# --- static binaries for the test host and the guest -------------------------
+static:
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release \
+		--target $(STATIC_TARGET) $(STATIC_PACKAGES) --bins
+	@mkdir -p $(BUILD)/bin
+	@for b in $(STATIC_BINS); do \
+		cp $(ROOT)/target/$(STATIC_TARGET)/release/$$b $(BUILD)/bin/$$b.tmp && \
+		mv $(BUILD)/bin/$$b.tmp $(BUILD)/bin/$$b; \
+	done
+	@echo "static: $(STATIC_BINS) in $(BUILD)/bin"
+
+# --- nested KVM test host (kernel, modules, busybox initramfs, QEMU bundle) --
+testhost:
+	tests/kvm-host/build.sh --qemu $(BUILD)/testhost
+
+# --- test ---------------------------------------------------------------------
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Unit tests: every crate, and the harness's own (lib and bins of moat-tests).
+unit:
+	$(CARGO) test --workspace --exclude moat-tests
+	$(CARGO) test -p moat-tests --lib --bins
+
+# End-to-end tests (tests/*.rs): one at a time, they boot VMs on 2 shared cores.
+e2e: kernel static testhost
+	@echo "e2e: tier $$(tests/kvm-host/probe 2>&1 | paste -sd' ')"
+	$(E2E_ENV) $(CARGO) test -p moat-tests --tests -- --test-threads=1
+
+test: deps
+	$(MAKE) lint
+	$(MAKE) unit
+	$(MAKE) e2e
+
+# --- demo: until the runtime exists, the guest kernel under the reference VMM -
+demo: deps kernel testhost
+	@tier=$$(tests/kvm-host/probe); \
+	echo "demo: booting build/kernel/x86_64/vmlinux to a static /init ($$tier tier)"; \
+	if [ "$$tier" = nested ]; then \
+		tests/kvm-host/run.sh --qemu --timeout 300 \
+			--add $(BUILD)/kernel/x86_64/vmlinux:/demo/vmlinux \
+			--add $(BUILD)/testhost/ref-initrd.cpio:/demo/initrd.cpio \
+			--add tests/kvm-host/ref-boot.sh:/demo/ref-boot.sh \
+			--env MOAT_REF_APPEND= \
+			-- /demo/ref-boot.sh /demo/vmlinux /demo/initrd.cpio 1 microvm; \
+	else \
+		MOAT_REF_APPEND= tests/kvm-host/ref-boot.sh $(BUILD)/kernel/x86_64/vmlinux \
+			$(BUILD)/testhost/ref-initrd.cpio 1 microvm; \
+	fi
+
+# --- bench: real measurements, 3 runs each -----------------------------------
+bench: deps kernel testhost
+	$(CARGO) build --release -p moat-tests --bin moat-bench
+	$(E2E_ENV) $(ROOT)/target/release/moat-bench --runs 3
