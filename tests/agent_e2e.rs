@@ -2,7 +2,8 @@
 //! static moat-agent as `/init` (agent/mkinitramfs.sh), shares a busybox rootfs as two
 //! layers (the upper one with a whiteout) over virtio-fs, and moat-agent-ctl runs
 //! `sh -c 'echo out; echo err >&2; exit 3'` over vsock. The container's stdout, stderr
-//! and exit status must come back, and the one-shot VM must power off cleanly.
+//! and exit status must come back, and the one-shot VM must power off cleanly. A first
+//! container checks cgroup v2 memory and pids limits, which host mode cannot apply.
 //!
 //! Needs: `make kernel static testhost`, with moat-vmm's vsock and virtio-fs devices
 //! and moat-agent-ctl in the static binaries. In the nested tier everything runs inside
@@ -28,7 +29,19 @@ fn agent_runs_a_container_in_a_microvm() {
     let Some(agent) = artifact_or_skip(TEST, a.static_bin("moat-agent")) else {
         return;
     };
-    let Some(ctl) = artifact_or_skip(TEST, a.static_bin("moat-agent-ctl")) else {
+    // `make static` builds every moat-agent binary; it copies moat-agent-ctl to
+    // build/bin only once the Makefile lists it, so also look where cargo put it.
+    let built_ctl = a
+        .root
+        .join("target/x86_64-unknown-linux-gnu/release/moat-agent-ctl");
+    let ctl_found = a.static_bin("moat-agent-ctl").or_else(|e| {
+        if built_ctl.exists() {
+            Ok(built_ctl.clone())
+        } else {
+            Err(e)
+        }
+    });
+    let Some(ctl) = artifact_or_skip(TEST, ctl_found) else {
         return;
     };
     let Some(host) = host_or_skip(TEST) else {
@@ -71,7 +84,14 @@ fn agent_runs_a_container_in_a_microvm() {
         .lines()
         .find(|l| l.starts_with("timing:"))
         .unwrap_or("no timing");
-    notice(&format!("{TEST} ({} tier): {summary}; {timing}", out.tier));
+    let marker = stdout
+        .lines()
+        .find(|l| l.contains("boot-marker"))
+        .unwrap_or("no boot marker");
+    notice(&format!(
+        "{TEST} ({} tier, emulated timings): {summary}; {marker}; {timing}",
+        out.tier
+    ));
     let missing_devices = stderr.contains("not supported") || stderr.contains("unsupported");
     assert!(
         summary.contains("ctl_exit=3") && summary.contains("vmm_exit=0"),
@@ -82,8 +102,26 @@ fn agent_runs_a_container_in_a_microvm() {
             ""
         }
     );
+    // cgroup v2 limits inside the guest, seen from the container and in the stats.
+    assert!(
+        stdout.contains("limits 67108864 100\nlimits_exit=0\n"),
+        "{stdout}\n{stderr}"
+    );
+    let stats = stderr
+        .lines()
+        .find(|l| l.starts_with("stats:"))
+        .unwrap_or("");
+    assert!(
+        stats.contains("memory_limit=67108864") && stats.contains("pids_limit=100"),
+        "{stderr}"
+    );
     // Output, and the layers: the upper layer's whiteout hides /etc/gone, its motd wins.
-    assert!(stdout.starts_with("out\nlayer 1\n"), "{stdout}");
+    assert!(stdout.contains("limits_exit=0\nout\nlayer 1\n"), "{stdout}");
     assert!(stderr.contains("err\n"), "{stderr}");
     assert!(!stderr.contains("whiteout-ignored"), "{stderr}");
+    // The agent's first act reached the VMM's boot-time marker.
+    assert!(
+        marker.starts_with("moat-vmm: boot-marker "),
+        "{stdout}\n{stderr}"
+    );
 }

@@ -274,11 +274,7 @@ pub fn switch_root(sys: &dyn Sys) -> Result<(), SysError> {
 
 /// Writes the boot-time marker byte through `/dev/mem`.
 pub fn write_boot_marker(sys: &dyn Sys) -> Result<(), SysError> {
-    sys.write_at(
-        Path::new("/dev/mem"),
-        BOOT_MARKER_ADDR,
-        &[BOOT_MARKER_VALUE],
-    )
+    sys.poke_phys(BOOT_MARKER_ADDR, BOOT_MARKER_VALUE)
 }
 
 /// Enables every wanted controller the kernel offers at `root`, one write each so a
@@ -449,10 +445,9 @@ mod tests {
                 flags: MsFlags::MS_NOSUID,
                 data: Some("mode=0755".into()),
             },
-            Call::WriteAt {
-                path: "/dev/mem".into(),
-                offset: BOOT_MARKER_ADDR,
-                data: vec![123],
+            Call::PokePhys {
+                addr: BOOT_MARKER_ADDR,
+                value: 123,
             },
         ];
         assert_eq!(&calls[..expected_prefix.len()], &expected_prefix);
@@ -500,8 +495,7 @@ mod tests {
     #[test]
     fn marker_and_share_failures_are_not_fatal() {
         let sys = guest_sys();
-        sys.fail("open", "/dev/mem", libc::ENOENT);
-        sys.fail("write", "/dev/mem", libc::EPERM);
+        sys.fail("map", "/dev/mem", libc::EPERM);
         sys.fail("mount", "/mnt/moat", libc::ENODEV);
         let report = setup_guest(&sys).unwrap();
         assert!(report

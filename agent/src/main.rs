@@ -191,8 +191,13 @@ fn guest_main() -> ! {
     for w in &report.warnings {
         tracing::warn!("{w}");
     }
+    let uptime = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|u| u.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_default();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
+        uptime_s = %uptime,
         controllers = ?report.controllers,
         oneshot = report.boot.oneshot,
         "moat-agent up"

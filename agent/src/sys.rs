@@ -57,8 +57,9 @@ pub trait Sys: Send + Sync + fmt::Debug {
     fn read_file(&self, path: &Path) -> Result<Vec<u8>, SysError>;
     /// The device id (`st_dev`) of the file system `path` is on.
     fn device_of(&self, path: &Path) -> Result<u64, SysError>;
-    /// Writes `data` at byte `offset` of an existing file (used for `/dev/mem`).
-    fn write_at(&self, path: &Path, offset: u64, data: &[u8]) -> Result<(), SysError>;
+    /// Writes one byte at physical address `addr` through `/dev/mem` (an MMIO write:
+    /// the page is mapped, because `write(2)` on `/dev/mem` only reaches RAM).
+    fn poke_phys(&self, addr: u64, value: u8) -> Result<(), SysError>;
     fn chdir(&self, path: &Path) -> Result<(), SysError>;
     fn chroot(&self, path: &Path) -> Result<(), SysError>;
     fn sync(&self);
@@ -126,14 +127,43 @@ impl Sys for LinuxSys {
             .map_err(|e| SysError::new("stat", path, e))
     }
 
-    fn write_at(&self, path: &Path, offset: u64, data: &[u8]) -> Result<(), SysError> {
-        use std::os::unix::fs::FileExt;
+    fn poke_phys(&self, addr: u64, value: u8) -> Result<(), SysError> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = Path::new("/dev/mem");
         let f = std::fs::OpenOptions::new()
+            .read(true)
             .write(true)
+            .custom_flags(libc::O_SYNC)
             .open(path)
             .map_err(|e| SysError::new("open", path, e))?;
-        f.write_all_at(data, offset)
-            .map_err(|e| SysError::new("write", path, e))
+        const PAGE: u64 = 4096;
+        let base = addr & !(PAGE - 1);
+        let offset = usize::try_from(addr - base).unwrap_or(0);
+        let off = libc::off_t::try_from(base).map_err(|_| {
+            SysError::new("map", path, std::io::Error::from_raw_os_error(libc::EINVAL))
+        })?;
+        // SAFETY: a fresh shared mapping of one page of /dev/mem; checked for failure.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                PAGE as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                off,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(SysError::new("map", path, std::io::Error::last_os_error()));
+        }
+        // SAFETY: `offset` < PAGE, inside the mapping made above; a volatile write is
+        // the MMIO access the VMM traps.
+        unsafe {
+            std::ptr::write_volatile(p.cast::<u8>().add(offset), value);
+            libc::munmap(p, PAGE as usize);
+        }
+        Ok(())
     }
 
     fn chdir(&self, path: &Path) -> Result<(), SysError> {
@@ -223,10 +253,9 @@ pub enum Call {
     DeviceOf {
         path: PathBuf,
     },
-    WriteAt {
-        path: PathBuf,
-        offset: u64,
-        data: Vec<u8>,
+    PokePhys {
+        addr: u64,
+        value: u8,
     },
     Chdir {
         path: PathBuf,
@@ -384,13 +413,9 @@ impl Sys for RecordingSys {
             .unwrap_or(1))
     }
 
-    fn write_at(&self, path: &Path, offset: u64, data: &[u8]) -> Result<(), SysError> {
-        self.record(Call::WriteAt {
-            path: path.to_owned(),
-            offset,
-            data: data.to_owned(),
-        });
-        self.check("write", path)
+    fn poke_phys(&self, addr: u64, value: u8) -> Result<(), SysError> {
+        self.record(Call::PokePhys { addr, value });
+        self.check("map", Path::new("/dev/mem"))
     }
 
     fn chdir(&self, path: &Path) -> Result<(), SysError> {

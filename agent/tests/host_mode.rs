@@ -669,3 +669,125 @@ fn device_rules_are_enforced() {
     assert_eq!(out.join().unwrap(), b"made\nopened\nnull-ok\n");
     c.delete("devices-allowed", false).unwrap();
 }
+
+/// Zombie children of `pid`.
+fn zombies_of(pid: u32) -> Vec<String> {
+    let mut z = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let Some(after) = stat.rsplit_once(')').map(|(_, a)| a) else {
+            continue;
+        };
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        if fields.len() > 1 && fields[0] == "Z" && fields[1] == pid.to_string() {
+            z.push(stat);
+        }
+    }
+    z
+}
+
+#[test]
+fn orphans_are_reaped() {
+    // Without a pid namespace, a background child outlives its parent and re-parents
+    // to the agent (PID 1 in the guest, a subreaper here), which must reap it.
+    let agent = Agent::start();
+    let mut c = agent.client();
+    let mut req = agent.create_request("orphans", sh("sleep 0.3 & sleep 0.3 & exit 0"), out_err());
+    let linux = req.spec.linux_mut().as_mut().unwrap();
+    let ns: Vec<_> = linux
+        .namespaces()
+        .clone()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.typ() != oci_spec::runtime::LinuxNamespaceType::Pid)
+        .collect();
+    linux.set_namespaces(Some(ns));
+    c.create(req).unwrap();
+    let out = agent.collect("orphans", None, StreamKind::Stdout);
+    let _err = agent.collect("orphans", None, StreamKind::Stderr);
+    c.start("orphans").unwrap();
+    // The output streams end only when the background sleeps (which hold them) exit.
+    assert_eq!(c.wait("orphans", None).unwrap().code, 0);
+    assert!(out.join().unwrap().is_empty());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(zombies_of(agent.pid()), Vec::<String>::new());
+    c.delete("orphans", false).unwrap();
+}
+
+#[test]
+fn volumes_binds_and_tmpfs() {
+    let agent = Agent::start();
+    let vol = agent.dir.path().join("vol");
+    std::fs::create_dir_all(&vol).unwrap();
+    std::fs::write(vol.join("in"), "from host\n").unwrap();
+    let mut o = sh("cat /data/in; echo from-container > /data/out; \
+                    mount | grep -c ' /scratch type tmpfs'; echo t > /scratch/t && cat /scratch/t");
+    o.mounts = vec![
+        oci_spec::runtime::MountBuilder::default()
+            .destination("/data")
+            .typ("bind")
+            .source(&vol)
+            .options(vec!["rbind".to_owned(), "rw".to_owned()])
+            .build()
+            .unwrap(),
+        oci_spec::runtime::MountBuilder::default()
+            .destination("/scratch")
+            .typ("tmpfs")
+            .source("tmpfs")
+            .options(vec![
+                "nosuid".to_owned(),
+                "nodev".to_owned(),
+                "size=1m".to_owned(),
+            ])
+            .build()
+            .unwrap(),
+    ];
+    let (code, out, err) = agent.run("volumes", o);
+    assert_eq!((code, out.as_str()), (0, "from host\n1\nt\n"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(vol.join("out")).unwrap(),
+        "from-container\n"
+    );
+    // tmpfs contents are the container's alone.
+    assert!(!agent.upper("volumes").join("scratch/t").exists());
+}
+
+#[test]
+fn oneshot_agent_stops_after_the_last_exit_is_reported() {
+    let mut agent = Agent::start();
+    let mut c = agent.client();
+    c.configure(moat_agent::protocol::Configure {
+        oneshot: Some(true),
+        shares: Vec::new(),
+    })
+    .unwrap();
+    // Shares cannot be mounted in host mode: a clear error, not a crash.
+    let e = c
+        .configure(moat_agent::protocol::Configure {
+            oneshot: None,
+            shares: vec![moat_agent::protocol::Share {
+                tag: "moat".into(),
+                path: "/mnt/moat".into(),
+            }],
+        })
+        .unwrap_err();
+    assert_eq!(e.wire().unwrap().code, ErrorCode::NotSupported);
+    agent.create(&mut c, "oneshot", opts(["true"]), out_err());
+    let _o = agent.collect("oneshot", None, StreamKind::Stdout);
+    let _e = agent.collect("oneshot", None, StreamKind::Stderr);
+    c.start("oneshot").unwrap();
+    assert_eq!(c.wait("oneshot", None).unwrap().code, 0);
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = agent.try_wait() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the one-shot agent did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}

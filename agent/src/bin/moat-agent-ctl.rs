@@ -72,6 +72,15 @@ struct RunArgs {
     /// Print timings (create, start, first output byte) on stderr.
     #[arg(long)]
     timing: bool,
+    /// Memory limit in bytes (`docker run --memory`).
+    #[arg(long, value_name = "BYTES")]
+    memory: Option<i64>,
+    /// `docker run --pids-limit`.
+    #[arg(long, value_name = "N")]
+    pids_limit: Option<i64>,
+    /// Print the container's cgroup statistics on stderr after it exited.
+    #[arg(long)]
+    stats: bool,
     /// The command.
     #[arg(trailing_var_arg = true, required = true)]
     args: Vec<String>,
@@ -133,6 +142,8 @@ where
             }
             let mut opts = SpecOptions::new(a.args.clone());
             opts.env = a.env.clone();
+            opts.memory_limit = a.memory;
+            opts.pids_limit = a.pids_limit;
             let spec = docker_default(&opts).map_err(|e| e.to_string())?;
             let stdio = StdioConfig {
                 stdin: a.stdin,
@@ -213,6 +224,18 @@ where
                     create_us as f64 / 1e3,
                     t_start.duration_since(t_create).as_secs_f64() * 1e3,
                     start_us as f64 / 1e3,
+                );
+            }
+            if a.stats {
+                let st = client.stats(&a.id).map_err(|e| e.to_string())?;
+                let show = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+                eprintln!(
+                    "stats: memory_usage={} memory_limit={} cpu_usec={} pids={} pids_limit={}",
+                    show(st.memory_usage_bytes),
+                    show(st.memory_limit_bytes),
+                    show(st.cpu_usage_usec),
+                    show(st.pids_current),
+                    show(st.pids_limit),
                 );
             }
             if !a.oneshot {

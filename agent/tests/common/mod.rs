@@ -178,6 +178,11 @@ impl Agent {
         self.child.id()
     }
 
+    /// The agent's exit status, once it has exited.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
     /// Rootfs layers plus a fresh upper/work pair for container `id`.
     pub fn rootfs(&self, id: &str) -> RootfsLayers {
         let rw = self.dir.path().join("rw").join(id);
