@@ -311,6 +311,7 @@ impl Manager {
         self.check_controllers(spec.linux().as_ref().and_then(|l| l.resources().as_ref()))?;
         check_rlimits(spec.process().as_ref())?;
 
+        let t_rootfs = Instant::now();
         let dir = self.run_dir.join("containers").join(&id);
         let sys = &*self.sys;
         sys.mkdir_all(&dir, 0o700)
@@ -355,6 +356,8 @@ impl Manager {
             }
         };
 
+        let rootfs_us = micros(t_rootfs.elapsed());
+        let t_bundle = Instant::now();
         // /etc/hosts, /etc/hostname, /etc/resolv.conf.
         if let Some(etc) = &req.etc {
             let existing = spec.mounts().clone().unwrap_or_default();
@@ -399,6 +402,8 @@ impl Manager {
             .as_ref()
             .and_then(|p| p.console_size())
             .map(window_size);
+        let bundle_us = micros(t_bundle.elapsed());
+        let t_helper = Instant::now();
         let mut io = PendingStdio::new(self, tty, &req.stdio)?;
         cleanup.state = true;
         let helper_req = HelperRequest::Create {
@@ -410,6 +415,8 @@ impl Manager {
         };
         let (pid, exit) = self.run_helper(&helper_req, io.child_fds.take())?;
         cleanup.init = Some((pid, exit.clone()));
+        let helper_us = micros(t_helper.elapsed());
+        let t_devices = Instant::now();
         // Before `start`: the init process waits for it, so the workload never runs
         // without the filter.
         let device_rules = spec
@@ -426,6 +433,14 @@ impl Manager {
             })?;
         }
         let process = io.finish(pid, exit, req.stdio, console_size)?;
+        tracing::info!(
+            container = %id,
+            rootfs_us,
+            bundle_us,
+            helper_us,
+            devices_stdio_us = micros(t_devices.elapsed()),
+            "create stages"
+        );
 
         Ok(Container {
             id,

@@ -277,7 +277,6 @@ pub fn apply(cgroup: &Path, rules: &[LinuxDeviceCgroup]) -> Result<(), DeviceRul
     let prog = compile(rules)?;
     let name = cgroup.display().to_string();
     let license = c"Apache-2.0";
-    let mut log = vec![0u8; 64 << 10];
     let mut prog_name = [0u8; 16];
     for (d, s) in prog_name.iter_mut().zip(b"moat_devices") {
         *d = *s;
@@ -287,13 +286,20 @@ pub fn apply(cgroup: &Path, rules: &[LinuxDeviceCgroup]) -> Result<(), DeviceRul
         insn_cnt: u32::try_from(prog.len()).unwrap_or(u32::MAX),
         insns: prog.as_ptr() as u64,
         license: license.as_ptr() as u64,
-        log_level: 1,
-        log_size: u32::try_from(log.len()).unwrap_or(0),
-        log_buf: log.as_mut_ptr() as u64,
         prog_name,
         ..Default::default()
     };
-    let prog_fd = bpf(BPF_PROG_LOAD, &mut load).map_err(|source| {
+    // Without the verifier's log first (it costs time); with it only to explain a
+    // refusal.
+    let mut log = Vec::new();
+    let loaded = bpf(BPF_PROG_LOAD, &mut load).or_else(|_| {
+        log = vec![0u8; 64 << 10];
+        load.log_level = 1;
+        load.log_size = u32::try_from(log.len()).unwrap_or(0);
+        load.log_buf = log.as_mut_ptr() as u64;
+        bpf(BPF_PROG_LOAD, &mut load)
+    });
+    let prog_fd = loaded.map_err(|source| {
         let text = String::from_utf8_lossy(&log);
         let text = text.trim_end_matches('\0').trim();
         DeviceRuleError::Bpf {

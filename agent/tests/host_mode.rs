@@ -791,3 +791,47 @@ fn oneshot_agent_stops_after_the_last_exit_is_reported() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn exec_with_a_terminal() {
+    // `docker exec -it`: an exec process gets its own pty, with the requested size.
+    let agent = Agent::start();
+    let mut c = agent.client();
+    agent.create(
+        &mut c,
+        "exec-tty",
+        opts(["sleep", "100"]),
+        StdioConfig::default(),
+    );
+    c.start("exec-tty").unwrap();
+    let mut o = sh("stty size; tty; exit 4");
+    o.terminal = true;
+    o.console_size = Some((30, 90));
+    let spec = moat_agent::spec::docker_default(&o).unwrap();
+    let stdio = StdioConfig {
+        stdin: false,
+        stdout: true,
+        stderr: false,
+    };
+    c.exec(moat_agent::protocol::ExecRequest {
+        container: "exec-tty".into(),
+        exec: "t1".into(),
+        process: spec.process().clone().unwrap(),
+        stdio,
+    })
+    .unwrap();
+    let out = agent.collect("exec-tty", Some("t1"), StreamKind::Stdout);
+    assert_eq!(c.wait("exec-tty", Some("t1")).unwrap().code, 4);
+    let text = String::from_utf8(out.join().unwrap()).unwrap();
+    assert!(text.starts_with("30 90\r\n/dev/pts/"), "{text:?}");
+    c.delete("exec-tty", true).unwrap();
+}
+
+#[test]
+fn agent_logs_never_reach_container_output() {
+    // libcontainer logs from inside the container's processes after they put the
+    // container's stderr on descriptor 2; the helper logs to its own descriptor.
+    let agent = Agent::start_with_log("trace");
+    let (code, out, err) = agent.run("quiet", opts(["true"]));
+    assert_eq!((code, out.as_str(), err.as_str()), (0, "", ""));
+}

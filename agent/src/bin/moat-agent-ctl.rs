@@ -81,6 +81,10 @@ struct RunArgs {
     /// Print the container's cgroup statistics on stderr after it exited.
     #[arg(long)]
     stats: bool,
+    /// RLIMIT_NOFILE (soft and hard) instead of Docker's 1048576, e.g. for host mode
+    /// on a host where the agent may not raise its hard limit.
+    #[arg(long, value_name = "N")]
+    nofile: Option<u64>,
     /// The command.
     #[arg(trailing_var_arg = true, required = true)]
     args: Vec<String>,
@@ -144,6 +148,9 @@ where
             opts.env = a.env.clone();
             opts.memory_limit = a.memory;
             opts.pids_limit = a.pids_limit;
+            if let Some(n) = a.nofile {
+                opts.rlimits = vec![("RLIMIT_NOFILE".to_owned(), n, n)];
+            }
             let spec = docker_default(&opts).map_err(|e| e.to_string())?;
             let stdio = StdioConfig {
                 stdin: a.stdin,

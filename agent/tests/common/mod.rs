@@ -130,6 +130,11 @@ pub struct Agent {
 
 impl Agent {
     pub fn start() -> Agent {
+        Self::start_with_log(&std::env::var("MOAT_AGENT_LOG").unwrap_or_else(|_| "warn".into()))
+    }
+
+    /// An agent whose log filter is `filter`.
+    pub fn start_with_log(filter: &str) -> Agent {
         require_root();
         let dir = tempfile::Builder::new()
             .prefix("moat-agent-")
@@ -143,10 +148,7 @@ impl Agent {
             .arg(&socket)
             .arg("--root")
             .arg(dir.path().join("run"))
-            .env(
-                "MOAT_AGENT_LOG",
-                std::env::var("MOAT_AGENT_LOG").unwrap_or_else(|_| "warn".into()),
-            )
+            .env("MOAT_AGENT_LOG", filter)
             .stdin(Stdio::null())
             .spawn()
             .unwrap();

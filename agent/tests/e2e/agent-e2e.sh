@@ -35,6 +35,22 @@ start=$(cut -d' ' -f1 /proc/uptime)
     >"$w/vmm.out" 2>"$w/vmm.err" &
 vmm=$!
 
+# Wait for the VMM's vsock socket; a VMM that dies first (e.g. a device it does not
+# support yet) ends the run at once, with its reason.
+n=0
+while [ ! -S "$w/vsock.sock" ] && kill -0 "$vmm" 2>/dev/null && [ $n -lt 600 ]; do
+    sleep 0.1
+    n=$((n + 1))
+done
+if [ ! -S "$w/vsock.sock" ]; then
+    wait "$vmm"
+    vmm_rc=$?
+    echo "---- moat-vmm stderr" >&2
+    cat "$w/vmm.err" >&2
+    echo "E2E ctl_exit=none vmm_exit=$vmm_rc (the VMM did not open its vsock socket)"
+    exit 0
+fi
+
 ctl() { "$d/moat-agent-ctl" --vsock "$w/vsock.sock" --wait-secs 120 "$@"; }
 rootfs() {
     echo --layer /mnt/moat/layers/0 --layer /mnt/moat/layers/1 \
