@@ -1280,6 +1280,9 @@ impl PendingStdio {
         let _ = std::fs::remove_file(&path);
         let master =
             master.map_err(|e| AgentError::internal(format!("receive the terminal: {e}")))?;
+        // The container process set this size itself before exec (helper::MoatExecutor);
+        // repeating it changes nothing then (no SIGWINCH for an unchanged size) and
+        // covers a workload that ran without the executor.
         if let Some((rows, cols)) = console_size.filter(|(r, c)| *r > 0 && *c > 0) {
             if let Err(e) = stdio::set_window_size(&master, rows, cols) {
                 tracing::warn!("set initial window size: {e}");

@@ -69,11 +69,16 @@ pub struct MoatExecutor;
 
 impl Executor for MoatExecutor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
-        let args = spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.args().as_ref())
-            .ok_or(ExecutorError::InvalidArg)?;
+        let process = spec.process().as_ref().ok_or(ExecutorError::InvalidArg)?;
+        let args = process.args().as_ref().ok_or(ExecutorError::InvalidArg)?;
+        // libcontainer ignores `process.consoleSize`: set it on the terminal here, in
+        // the container process right before exec, so the workload sees it from its
+        // first instruction (the agent could only race it, for an exec).
+        if process.terminal() == Some(true) {
+            if let Some(size) = process.console_size() {
+                set_terminal_size(size.height(), size.width());
+            }
+        }
         let c_args = args
             .iter()
             .map(|a| CString::new(a.as_bytes()))
@@ -95,6 +100,24 @@ impl Executor for MoatExecutor {
     fn validate(&self, _spec: &Spec) -> Result<(), ExecutorValidationError> {
         Ok(())
     }
+}
+
+/// `TIOCSWINSZ` on stdin (the pty slave); a zero size is left alone.
+fn set_terminal_size(rows: u64, cols: u64) {
+    let (Ok(rows), Ok(cols)) = (u16::try_from(rows), u16::try_from(cols)) else {
+        return;
+    };
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads the `winsize` we own; descriptor 0 is the terminal.
+    let _ = unsafe { libc::ioctl(0, libc::TIOCSWINSZ, &ws) };
 }
 
 /// Exit code and message for a failed `execvp` of `arg0`.
