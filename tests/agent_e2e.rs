@@ -88,8 +88,17 @@ fn agent_runs_a_container_in_a_microvm() {
         .lines()
         .find(|l| l.contains("boot-marker"))
         .unwrap_or("no boot marker");
+    let agent_up = stdout
+        .lines()
+        .find(|l| l.starts_with("uptime_s="))
+        .unwrap_or("agent start not logged");
+    let stages = stdout
+        .lines()
+        .find(|l| l.starts_with("rootfs_us="))
+        .unwrap_or("create stages not logged");
     notice(&format!(
-        "{TEST} ({} tier, emulated timings): {summary}; {marker}; {timing}",
+        "{TEST} ({} tier, emulated timings): {summary}; {marker}; agent up at guest \
+         {agent_up}; {timing}; agent create stages: {stages}",
         out.tier
     ));
     let missing_devices = stderr.contains("not supported") || stderr.contains("unsupported");

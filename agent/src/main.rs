@@ -57,9 +57,12 @@ fn env_filter(filter: Option<&str>) -> tracing_subscriber::EnvFilter {
 }
 
 fn init_logging(filter: Option<&str>) {
+    use std::io::IsTerminal;
+    // Colours only for a person at a terminal; the guest console goes to a file.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(env_filter(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::process::id() != 1)
         .with_target(false)
         .try_init();
 }
@@ -74,8 +77,11 @@ fn init_helper_logging() {
     };
     // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
     let log = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    use std::io::IsTerminal;
+    let ansi = log.is_terminal();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(env_filter(None))
+        .with_ansi(ansi)
         .with_writer(std::sync::Mutex::new(log))
         .with_target(false)
         .try_init();

@@ -92,5 +92,8 @@ if [ "$ctl" != 3 ] || [ "$vmm_rc" != 0 ]; then
 fi
 grep -E "moat-agent|exited with code" "$w/console.log" | head -20 >&2
 grep "boot-marker" "$w/vmm.err" || echo "no boot-marker line from moat-vmm"
+# The agent's start (guest uptime) and where its create time went, from its log.
+grep -o 'moat-agent up.*uptime_s=[0-9.]*' "$w/console.log" | grep -o 'uptime_s=[0-9.]*'
+grep 'create stages container=c1' "$w/console.log" | grep -o 'rootfs_us.*'
 echo "upper: $(ls "$share/upper-c1" 2>&1 | tr '\n' ' ')"
 echo "E2E ctl_exit=$ctl vmm_exit=$vmm_rc wall_s=$(awk "BEGIN { print $end - $start }")"
