@@ -758,24 +758,25 @@ impl Manager {
         let c = self.get(id)?;
         let rel = c.cgroup.strip_prefix("/").unwrap_or(&c.cgroup);
         let dir = Path::new("/sys/fs/cgroup").join(rel);
-        let read = |name: &str| -> Option<String> {
-            self.sys
-                .read_file(&dir.join(name))
-                .ok()
-                .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
-        };
-        let num = |name: &str| read(name).and_then(|s| s.parse::<u64>().ok());
-        let cpu = read("cpu.stat").and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("usage_usec "))
-                .and_then(|v| v.trim().parse().ok())
-        });
         if self.sys.device_of(&dir).is_err() {
             return Err(AgentError::state(format!(
                 "stats of container {id}: its cgroup {} does not exist",
                 dir.display()
             )));
         }
+        let read = |name: &str| -> Option<String> {
+            self.sys
+                .read_file(&dir.join(name))
+                .ok()
+                .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        };
+        // `max` (no limit) does not parse and reads as absent.
+        let num = |name: &str| read(name).and_then(|s| s.parse::<u64>().ok());
+        let cpu = read("cpu.stat").and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))
+                .and_then(|v| v.trim().parse().ok())
+        });
         Ok(Response::Stats(ContainerStats {
             memory_usage_bytes: num("memory.current"),
             memory_limit_bytes: num("memory.max"),
@@ -1194,6 +1195,19 @@ impl Drop for CreateCleanup<'_> {
     }
 }
 
+/// The console socket a TTY process's pty master arrives on; its file is removed when
+/// it is dropped, whether or not the process was created.
+struct ConsoleSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl Drop for ConsoleSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// A process's stdio between set-up and the helper's answer.
 struct PendingStdio {
     /// The container's ends (stdin, stdout, stderr) for the helper; `None` in TTY mode.
@@ -1201,7 +1215,7 @@ struct PendingStdio {
     stdin: StdinSlot,
     stdout: OutputSlot,
     stderr: OutputSlot,
-    console: Option<(UnixListener, PathBuf)>,
+    console: Option<ConsoleSocket>,
 }
 
 impl PendingStdio {
@@ -1223,7 +1237,7 @@ impl PendingStdio {
                 stdin: StdinSlot::unused(),
                 stdout: OutputSlot::unused(),
                 stderr: OutputSlot::unused(),
-                console: Some((listener, path)),
+                console: Some(ConsoleSocket { listener, path }),
             });
         }
         let (stdin_child, stdin) = if cfg.stdin {
@@ -1252,7 +1266,7 @@ impl PendingStdio {
     }
 
     fn console_path(&self) -> Option<PathBuf> {
-        self.console.as_ref().map(|(_, p)| p.clone())
+        self.console.as_ref().map(|c| c.path.clone())
     }
 
     /// Builds the process once the helper answered; in TTY mode receives the pty
@@ -1264,7 +1278,7 @@ impl PendingStdio {
         cfg: StdioConfig,
         console_size: Option<(u16, u16)>,
     ) -> Result<Process, AgentError> {
-        let Some((listener, path)) = self.console else {
+        let Some(console) = self.console else {
             return Ok(Process {
                 pid,
                 tty: false,
@@ -1276,8 +1290,8 @@ impl PendingStdio {
                 reported: AtomicBool::new(false),
             });
         };
-        let master = receive_pty(&listener);
-        let _ = std::fs::remove_file(&path);
+        let master = receive_pty(&console.listener);
+        drop(console);
         let master =
             master.map_err(|e| AgentError::internal(format!("receive the terminal: {e}")))?;
         // The container process set this size itself before exec (helper::MoatExecutor);
