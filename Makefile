@@ -84,15 +84,22 @@ kernel:
 	@grep -E '^(build_seconds|image_bytes)=' $(BUILD)/kernel/$(ARCH)/build-info
 
 # --- static binaries for the test host and the guest -------------------------
+# Every binary of STATIC_PACKAGES lands in build/bin (cargo names them in its JSON
+# messages); STATIC_BINS must be among them.
 static:
-	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release \
-		--target $(STATIC_TARGET) $(STATIC_PACKAGES) --bins
 	@mkdir -p $(BUILD)/bin
-	@for b in $(STATIC_BINS); do \
-		cp $(ROOT)/target/$(STATIC_TARGET)/release/$$b $(BUILD)/bin/$$b.tmp && \
-		mv $(BUILD)/bin/$$b.tmp $(BUILD)/bin/$$b; \
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release \
+		--target $(STATIC_TARGET) $(STATIC_PACKAGES) --bins \
+		--message-format=json-render-diagnostics \
+		| sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' >$(BUILD)/bin/.built
+	@for f in $$(cat $(BUILD)/bin/.built); do \
+		b=$$(basename "$$f"); \
+		cp "$$f" $(BUILD)/bin/$$b.tmp && mv $(BUILD)/bin/$$b.tmp $(BUILD)/bin/$$b; \
 	done
-	@echo "static: $(STATIC_BINS) in $(BUILD)/bin"
+	@for b in $(STATIC_BINS); do \
+		grep -q "/$$b$$" $(BUILD)/bin/.built || { echo "static: $$b was not built" >&2; exit 1; }; \
+	done
+	@echo "static: $$(xargs -n1 basename <$(BUILD)/bin/.built | paste -sd' ') in $(BUILD)/bin"
 
 # --- nested KVM test host (kernel, modules, busybox initramfs, QEMU bundle) --
 testhost:

@@ -7,11 +7,9 @@ use std::time::Duration;
 use moat_tests::{skip, HarnessError, TestHost, Tier};
 
 fn nested_or_skip(test: &str) -> Option<TestHost> {
-    let p = moat_tests::probe_from(&moat_tests::ProbeInput {
-        forced: Some("nested".into()),
-        qemu: which_qemu(),
-        ..Default::default()
-    });
+    let mut input = moat_tests::gather();
+    input.forced = Some("nested".into());
+    let p = moat_tests::probe_from(&input);
     match p.tier {
         Some(Tier::Nested) => Some(TestHost::nested()),
         _ => {
@@ -19,13 +17,6 @@ fn nested_or_skip(test: &str) -> Option<TestHost> {
             None
         }
     }
-}
-
-fn which_qemu() -> bool {
-    std::process::Command::new("sh")
-        .args(["-c", "command -v qemu-system-x86_64"])
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 #[test]

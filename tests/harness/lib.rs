@@ -22,7 +22,7 @@ mod tier;
 
 pub use artifacts::{ArtifactError, Artifacts};
 pub use host::{HarnessError, Output, TestHost};
-pub use tier::{probe, probe_from, Probe, ProbeInput, Tier};
+pub use tier::{gather, probe, probe_from, Probe, ProbeInput, Tier};
 
 use std::io::Write;
 

@@ -48,6 +48,11 @@ pub struct ProbeInput {
 
 /// Probes this machine.
 pub fn probe() -> Probe {
+    probe_from(&gather())
+}
+
+/// Gathers the facts the probe decides on, from this machine and environment.
+pub fn gather() -> ProbeInput {
     let kvm_modules = std::fs::read_dir("/sys/module")
         .map(|d| {
             d.filter_map(|e| e.ok())
@@ -56,7 +61,7 @@ pub fn probe() -> Probe {
                 .collect()
         })
         .unwrap_or_default();
-    let input = ProbeInput {
+    ProbeInput {
         forced: std::env::var("MOAT_E2E_TIER")
             .ok()
             .filter(|v| !v.is_empty()),
@@ -68,8 +73,7 @@ pub fn probe() -> Probe {
             .open("/dev/kvm")
             .is_ok(),
         qemu: on_path("qemu-system-x86_64"),
-    };
-    probe_from(&input)
+    }
 }
 
 fn on_path(program: &str) -> bool {
@@ -210,6 +214,30 @@ mod tests {
         assert_eq!(p.tier, None);
         assert!(p.reason.contains("/dev/kvm"), "{}", p.reason);
         assert!(p.reason.contains("qemu-system-x86_64"), "{}", p.reason);
+    }
+
+    /// `tests/kvm-host/probe` must decide as this module does, on this machine
+    /// and under each override.
+    #[test]
+    fn shell_probe_agrees() {
+        let script = crate::Artifacts::with_lookup(|_| None).script("probe");
+        for forced in [None, Some("direct"), Some("nested"), Some("sideways")] {
+            let mut cmd = std::process::Command::new(&script);
+            cmd.env_remove("MOAT_E2E_TIER");
+            if let Some(f) = forced {
+                cmd.env("MOAT_E2E_TIER", f);
+            }
+            let out = cmd.output().unwrap();
+            let shell = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            let mut input = gather();
+            input.forced = forced.map(str::to_string);
+            let rust = probe_from(&input)
+                .tier
+                .map(|t| t.to_string())
+                .unwrap_or_default();
+            assert_eq!(shell, rust, "MOAT_E2E_TIER={forced:?}");
+            assert_eq!(out.status.success(), !rust.is_empty(), "{forced:?}");
+        }
     }
 
     #[test]
