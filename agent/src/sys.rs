@@ -137,8 +137,16 @@ impl Sys for LinuxSys {
             .custom_flags(libc::O_SYNC)
             .open(path)
             .map_err(|e| SysError::new("open", path, e))?;
-        const PAGE: u64 = 4096;
-        let base = addr & !(PAGE - 1);
+        // The mapping's offset must be page-aligned (4 KiB on x86_64, up to 64 KiB on
+        // arm64).
+        let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .and_then(|p| u64::try_from(p).ok())
+            .filter(|p| p.is_power_of_two())
+            .unwrap_or(4096);
+        let len = usize::try_from(page).unwrap_or(4096);
+        let base = addr & !(page - 1);
         let offset = usize::try_from(addr - base).unwrap_or(0);
         let off = libc::off_t::try_from(base).map_err(|_| {
             SysError::new("map", path, std::io::Error::from_raw_os_error(libc::EINVAL))
@@ -147,7 +155,7 @@ impl Sys for LinuxSys {
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                PAGE as usize,
+                len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 f.as_raw_fd(),
@@ -157,11 +165,11 @@ impl Sys for LinuxSys {
         if p == libc::MAP_FAILED {
             return Err(SysError::new("map", path, std::io::Error::last_os_error()));
         }
-        // SAFETY: `offset` < PAGE, inside the mapping made above; a volatile write is
+        // SAFETY: `offset` < `len`, inside the mapping made above; a volatile write is
         // the MMIO access the VMM traps.
         unsafe {
             std::ptr::write_volatile(p.cast::<u8>().add(offset), value);
-            libc::munmap(p, PAGE as usize);
+            libc::munmap(p, len);
         }
         Ok(())
     }
