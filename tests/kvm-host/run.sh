@@ -160,7 +160,11 @@ if [ "$qemu_rc" = 124 ] || [ "$qemu_rc" = 137 ]; then
 fi
 [ "$qemu_rc" = 0 ] || fail_with_log "qemu exited with status $qemu_rc"
 if grep -q '^setup_error=' "$out_dir/status"; then
-    fail_with_log "$(grep '^setup_error=' "$out_dir/status" | cut -d= -f2-)"
+    fail_with_log "setup failed: $(grep '^setup_error=' "$out_dir/status" | cut -d= -f2-)"
+fi
+# Setup can fail before the status port exists; init says so on the console.
+if ! grep -q '^exit=' "$out_dir/status" && grep -q 'moat-testhost: setup failed:' "$out_dir/console.log"; then
+    fail_with_log "$(grep -m1 -o 'setup failed:.*' "$out_dir/console.log")"
 fi
 rc=$(sed -n 's/^exit=\([0-9]*\)$/\1/p' "$out_dir/status")
 [ -n "$rc" ] || fail_with_log "the test host ended without reporting an exit status"
