@@ -461,14 +461,17 @@ fn create_vcpus(
 }
 
 /// Starts one thread per vCPU. If one cannot start, the others are stopped.
+/// Each logs at debug level when it first enters `KVM_RUN`, counted from
+/// `start` (the VMM process's start).
 fn start_vcpus(
     vcpus: Vec<Vcpu>,
     exit: &ExitHandle,
+    start: Instant,
 ) -> Result<Vec<std::thread::JoinHandle<()>>, StartVcpusError> {
     vcpu::register_kick_signal().map_err(StartVcpusError::Signal)?;
     let mut handles = Vec::with_capacity(vcpus.len());
     for vcpu in vcpus {
-        match vcpu.start() {
+        match vcpu.report_first_run(start).start() {
             Ok(handle) => handles.push(handle),
             Err(e) => {
                 vcpu::stop_vcpus(exit, handles, Duration::from_secs(1));
@@ -569,7 +572,7 @@ pub fn build_microvm_with(
     let vcpus = create_vcpus(&vm, config.vcpus, kernel.entry, &pio, &mmio, &exit)?;
 
     // Ordering: vCPUs start last, once everything they can reach exists.
-    let handles = start_vcpus(vcpus, &exit)?;
+    let handles = start_vcpus(vcpus, &exit, start)?;
     tracing::debug!(elapsed_us = elapsed_us(start), "vcpus started");
     Ok(Vmm::new(
         vm,
