@@ -17,7 +17,7 @@ CARGO ?= cargo
 # RUSTFLAGS away from build scripts and proc-macros.
 STATIC_TARGET := x86_64-unknown-linux-gnu
 STATIC_PACKAGES := -p moat-vmm -p moat-agent -p moat-tests
-STATIC_BINS := moat-vmm moat-agent moat-kvm-smoke
+STATIC_BINS := moat-vmm moat-agent moat-kvm-smoke moat-vsock-peer
 
 KERNEL_IMAGE_x86_64 := vmlinux
 KERNEL_IMAGE_arm64 := Image
