@@ -2,7 +2,9 @@
  * 0xd0000000, through /dev/mem), prints its uptime on the console, and
  * reboots, which ends moat-vmm with status 0. Init arguments (after " -- " on
  * the kernel command line): "panic" exits instead, so the kernel panics;
- * "cpuinfo" prints /proc/cpuinfo first; "devices" exercises the virtio devices
+ * "cpuinfo" prints /proc/cpuinfo first; "dmesg" prints the kernel's log (with
+ * its timestamps, also under "quiet"), to see where a boot spent its time;
+ * "devices" exercises the virtio devices
  * first: 16 bytes of /dev/hwrng, the text at the start of /dev/vda, and a
  * virtio-fs share tagged "share" (reads hello.txt, writes from-guest.txt).
  * After "devices", options:
@@ -27,6 +29,7 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <sys/random.h>
+#include <sys/klog.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -315,6 +318,13 @@ int main(int argc, char **argv) {
         int c = open("/proc/cpuinfo", O_RDONLY);
         ssize_t n;
         while (c >= 0 && (n = read(c, buf, sizeof(buf))) > 0) fwrite(buf, 1, n, stdout);
+        fflush(stdout);
+    }
+    if (argc > 1 && strcmp(argv[1], "dmesg") == 0) {
+        static char log[1 << 18];
+        int n = klogctl(3 /* SYSLOG_ACTION_READ_ALL */, log, sizeof(log));
+        if (n > 0) fwrite(log, 1, (size_t)n, stdout);
+        else printf("moat-boot-test: klogctl: %s\n", strerror(errno));
         fflush(stdout);
     }
     if (argc > 1 && strcmp(argv[1], "panic") == 0) return 1;
