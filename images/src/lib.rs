@@ -10,6 +10,7 @@ pub mod manifest;
 pub mod media;
 pub mod platform;
 pub mod reference;
+pub mod registry;
 pub mod store;
 pub mod unpack;
 

@@ -1,0 +1,388 @@
+//! Shared helpers for the image-store end-to-end tests: tool checks that skip
+//! with a printed reason (or fail under `MOAT_E2E_REQUIRED=1`), a private
+//! `docker-registry` process, a private `dockerd`, test image builders and a
+//! flaky TCP proxy. Owns test scaffolding only.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moat_images::build::ImageBuilder;
+use moat_images::store::{Store, StoreOptions};
+use moat_images::{Digest, ImageRef};
+
+/// Skips the test (returns false) with a reason, or panics when
+/// `MOAT_E2E_REQUIRED=1` says nothing may be skipped.
+pub fn skip(reason: &str) -> bool {
+    if std::env::var("MOAT_E2E_REQUIRED").as_deref() == Ok("1") {
+        panic!("required test cannot run: {reason}");
+    }
+    eprintln!("SKIP: {reason}");
+    false
+}
+
+/// True if all `tools` are on this machine (else skips).
+pub fn have(tools: &[&str]) -> bool {
+    for t in tools {
+        let found = if t.starts_with('/') {
+            Path::new(t).exists()
+        } else {
+            std::env::var_os("PATH")
+                .map(|p| std::env::split_paths(&p).any(|d| d.join(t).is_file()))
+                .unwrap_or(false)
+        };
+        if !found {
+            return skip(&format!("{t} not installed"));
+        }
+    }
+    true
+}
+
+/// True if running as root (layer unpack needs chown, mknod, trusted xattrs).
+pub fn root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return skip("needs root (chown, mknod, trusted.* xattrs)");
+    }
+    true
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn wait_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} did not listen on port {port}");
+}
+
+pub fn store(dir: &Path) -> Arc<Store> {
+    Arc::new(
+        Store::open(
+            dir,
+            StoreOptions {
+                durable: false,
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap(),
+    )
+}
+
+/// A `docker-registry` (distribution 2.8) serving from a temp dir.
+pub struct RegistryProc {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl RegistryProc {
+    pub fn start() -> Self {
+        Self::start_with("", None)
+    }
+
+    /// `extra` is appended to the YAML config; `tls` = (cert, key) paths.
+    pub fn start_with(extra: &str, tls: Option<(&Path, &Path)>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let tls_cfg = match tls {
+            Some((c, k)) => format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                c.display(),
+                k.display()
+            ),
+            None => String::new(),
+        };
+        let cfg = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{tls_cfg}{extra}",
+            dir.path().join("data").display()
+        );
+        std::fs::write(dir.path().join("config.yml"), cfg).unwrap();
+        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+        let child = Command::new("/usr/bin/docker-registry")
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start docker-registry");
+        wait_port(port, "docker-registry");
+        Self { port, dir, child }
+    }
+
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for RegistryProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One tar entry for [`tar_layer`].
+pub enum E<'a> {
+    Dir(&'a str, u32),
+    File(&'a str, &'a [u8], u32),
+    Symlink(&'a str, &'a str),
+    Hardlink(&'a str, &'a str),
+}
+
+pub fn tar_layer(entries: &[E<'_>]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_mtime(1_700_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
+        match e {
+            E::Dir(p, m) => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(*m);
+                h.set_size(0);
+                b.append_data(&mut h, p, &[][..]).unwrap();
+            }
+            E::File(p, d, m) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(*m);
+                h.set_size(d.len() as u64);
+                b.append_data(&mut h, p, *d).unwrap();
+            }
+            E::Symlink(p, t) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_mode(0o777);
+                h.set_size(0);
+                b.append_link(&mut h, p, t).unwrap();
+            }
+            E::Hardlink(p, t) => {
+                h.set_entry_type(tar::EntryType::Link);
+                h.set_mode(0o755);
+                h.set_size(0);
+                b.append_link(&mut h, p, t).unwrap();
+            }
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+pub fn busybox_bytes() -> Vec<u8> {
+    std::fs::read("/bin/busybox").expect("busybox-static installed")
+}
+
+/// The three layers of the test image: busybox with a few applets and files; a
+/// layer that deletes a file (whiteout) and replaces a directory (opaque); a
+/// layer with a hardlink and a setuid file.
+pub fn busybox_layers() -> Vec<Vec<u8>> {
+    let bb = busybox_bytes();
+    let l1 = tar_layer(&[
+        E::Dir("bin", 0o755),
+        E::File("bin/busybox", &bb, 0o755),
+        E::Symlink("bin/sh", "busybox"),
+        E::Symlink("bin/ls", "busybox"),
+        E::Symlink("bin/cat", "busybox"),
+        E::Dir("etc", 0o755),
+        E::File("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n", 0o644),
+        E::File("etc/motd", b"base layer\n", 0o644),
+        E::Dir("var", 0o755),
+        E::Dir("var/cache", 0o755),
+        E::File("var/cache/old-1", b"old", 0o644),
+        E::File("var/cache/old-2", b"old", 0o644),
+        E::Dir("tmp", 0o1777),
+    ]);
+    let l2 = tar_layer(&[
+        E::Dir("etc", 0o755),
+        E::File("etc/.wh.motd", b"", 0o644),
+        E::Dir("var/cache", 0o755),
+        E::File("var/cache/.wh..wh..opq", b"", 0o644),
+        E::File("var/cache/new", b"fresh", 0o644),
+    ]);
+    let l3 = tar_layer(&[
+        E::Dir("usr", 0o755),
+        E::Dir("usr/bin", 0o755),
+        E::File("usr/bin/suid", b"#!/bin/sh\n", 0o4755),
+        E::Hardlink("usr/bin/suid-link", "usr/bin/suid"),
+    ]);
+    vec![l1, l2, l3]
+}
+
+/// Builds the busybox test image in `store`, tagged `tag`. Layers are gzipped.
+pub fn build_busybox(store: &Store, tag: &str) -> Digest {
+    let rc: moat_images::manifest::RunConfig =
+        serde_json::from_str(r#"{"Env":["PATH=/usr/bin:/bin"],"Cmd":["/bin/sh"]}"#).unwrap();
+    let mut b = ImageBuilder::new(store).run_config(rc);
+    for (i, l) in busybox_layers().iter().enumerate() {
+        b.add_layer(store, &gzip(l)[..], &format!("layer {i}"), None)
+            .unwrap();
+    }
+    b.add_empty_step("CMD [\"/bin/sh\"]");
+    b.commit(store, &[ImageRef::parse(tag).unwrap()]).unwrap()
+}
+
+/// Checks the unpacked test image's layers in a store.
+pub fn check_busybox_layers(store: &Store, name: &str) {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    let dirs = store.layer_dirs(name).unwrap();
+    assert_eq!(dirs.len(), 3);
+    let bb = std::fs::metadata(dirs[0].join("bin/busybox")).unwrap();
+    assert_eq!(bb.len(), busybox_bytes().len() as u64);
+    assert_eq!(bb.permissions().mode() & 0o7777, 0o755);
+    assert_eq!(
+        std::fs::read_link(dirs[0].join("bin/sh")).unwrap(),
+        Path::new("busybox")
+    );
+    let wh = std::fs::symlink_metadata(dirs[1].join("etc/motd")).unwrap();
+    assert!(
+        wh.file_type().is_char_device() && wh.rdev() == 0,
+        "whiteout is a 0/0 char device"
+    );
+    assert_eq!(
+        xattr(&dirs[1].join("var/cache"), "trusted.overlay.opaque").as_deref(),
+        Some(&b"y"[..])
+    );
+    assert_eq!(
+        std::fs::read(dirs[1].join("var/cache/new")).unwrap(),
+        b"fresh"
+    );
+    let s = std::fs::metadata(dirs[2].join("usr/bin/suid")).unwrap();
+    assert_eq!(s.permissions().mode() & 0o7777, 0o4755);
+    assert_eq!(
+        std::fs::metadata(dirs[2].join("usr/bin/suid-link"))
+            .unwrap()
+            .ino(),
+        s.ino()
+    );
+    // The busybox binary runs from the layer.
+    let out = Command::new(dirs[0].join("bin/busybox"))
+        .arg("echo")
+        .arg("hi")
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, b"hi\n");
+}
+
+pub fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: NUL-terminated strings; buf has buf.len() writable bytes.
+    let rc = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if rc < 0 {
+        return None;
+    }
+    buf.truncate(rc as usize);
+    Some(buf)
+}
+
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A TCP proxy to `target` that breaks the first `cuts` connections after they
+/// carried `after` bytes from the server, to exercise retry and resume.
+pub struct FlakyProxy {
+    pub port: u16,
+    pub cut: Arc<AtomicUsize>,
+}
+
+impl FlakyProxy {
+    pub fn start(target: u16, cuts: usize, after: usize) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicUsize::new(0));
+        let cut2 = cut.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(client) = conn else { break };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let cut = cut2.clone();
+                let (mut c1, mut s1) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16384];
+                    while let Ok(n) = c1.read(&mut buf) {
+                        if n == 0 || s1.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = s1.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let (mut s2, mut c2) = (server, client);
+                    let mut buf = [0u8; 16384];
+                    let mut sent = 0usize;
+                    while let Ok(n) = s2.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        if sent + n > after && cut.load(Ordering::SeqCst) < cuts {
+                            cut.fetch_add(1, Ordering::SeqCst);
+                            let _ = c2.write_all(&buf[..after.saturating_sub(sent)]);
+                            let _ = c2.shutdown(std::net::Shutdown::Both);
+                            let _ = s2.shutdown(std::net::Shutdown::Both);
+                            return;
+                        }
+                        sent += n;
+                        if c2.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = c2.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Self { port, cut }
+    }
+}
+
+pub fn write_docker_config(dir: &Path, registry: &str, user: &str, pass: &str) {
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+    std::fs::write(
+        dir.join("config.json"),
+        format!(r#"{{"auths":{{"{registry}":{{"auth":"{auth}"}}}}}}"#),
+    )
+    .unwrap();
+}
+
+pub fn tmp_path(dir: &tempfile::TempDir, name: &str) -> PathBuf {
+    dir.path().join(name)
+}
