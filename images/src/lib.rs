@@ -2,6 +2,7 @@
 //! per-layer directories, registry pull/push and archive import/export. It must
 //! not know about VMs or containers.
 
+pub mod archive;
 pub mod build;
 pub mod digest;
 pub mod fsutil;

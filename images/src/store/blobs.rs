@@ -186,45 +186,4 @@ impl Store {
             .map_err(io_err("write blob", self.blob_path(&d)))?;
         w.commit(lease)
     }
-
-    /// Moves an already-verified file (on the store's filesystem) into place as a
-    /// blob, after checking its digest while copying nothing: the file is re-hashed.
-    pub fn adopt_blob(
-        &self,
-        path: &std::path::Path,
-        expected: &Digest,
-        lease: &mut Lease,
-    ) -> Result<(), StoreError> {
-        lease.add(expected);
-        if self.has_blob(expected) {
-            return Ok(());
-        }
-        let mut f = File::open(path).map_err(io_err("open", path))?;
-        let mut h = Hasher::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf).map_err(io_err("read", path))?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-        let actual = h.finish();
-        if actual != *expected {
-            return Err(StoreError::DigestMismatch {
-                expected: expected.clone(),
-                actual,
-            });
-        }
-        if self.opts.durable {
-            f.sync_all().map_err(io_err("fsync", path))?;
-        }
-        let dest = self.blob_path(expected);
-        fs::rename(path, &dest).map_err(io_err("rename blob", path))?;
-        if self.opts.durable {
-            let dir = self.root.join("blobs/sha256");
-            fsutil::fsync_dir(&dir).map_err(io_err("fsync", &dir))?;
-        }
-        Ok(())
-    }
 }

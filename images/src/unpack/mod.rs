@@ -23,7 +23,7 @@
 //! It owns the unpack of one stream into one directory; it must not decide where
 //! layers live (the store does).
 
-mod tar;
+pub(crate) mod tar;
 mod write;
 
 use std::fs::File;
