@@ -320,6 +320,8 @@ pub fn run(cmd: &mut Command) -> String {
 pub struct FlakyProxy {
     pub port: u16,
     pub cut: Arc<AtomicUsize>,
+    /// Bytes forwarded from the server to the client.
+    pub served: Arc<AtomicUsize>,
 }
 
 impl FlakyProxy {
@@ -327,7 +329,9 @@ impl FlakyProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let cut = Arc::new(AtomicUsize::new(0));
+        let served = Arc::new(AtomicUsize::new(0));
         let cut2 = cut.clone();
+        let served2 = served.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(client) = conn else { break };
@@ -335,6 +339,7 @@ impl FlakyProxy {
                     continue;
                 };
                 let cut = cut2.clone();
+                let served = served2.clone();
                 let (mut c1, mut s1) = (client.try_clone().unwrap(), server.try_clone().unwrap());
                 std::thread::spawn(move || {
                     let mut buf = [0u8; 16384];
@@ -355,12 +360,15 @@ impl FlakyProxy {
                         }
                         if sent + n > after && cut.load(Ordering::SeqCst) < cuts {
                             cut.fetch_add(1, Ordering::SeqCst);
-                            let _ = c2.write_all(&buf[..after.saturating_sub(sent)]);
+                            let part = after.saturating_sub(sent);
+                            served.fetch_add(part, Ordering::SeqCst);
+                            let _ = c2.write_all(&buf[..part]);
                             let _ = c2.shutdown(std::net::Shutdown::Both);
                             let _ = s2.shutdown(std::net::Shutdown::Both);
                             return;
                         }
                         sent += n;
+                        served.fetch_add(n, Ordering::SeqCst);
                         if c2.write_all(&buf[..n]).is_err() {
                             break;
                         }
@@ -369,7 +377,48 @@ impl FlakyProxy {
                 });
             }
         });
-        Self { port, cut }
+        Self { port, cut, served }
+    }
+
+    /// Answers the first `fails` connections with `503 Service Unavailable`.
+    pub fn start_failing(target: u16, fails: usize) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicUsize::new(0));
+        let cut2 = cut.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut client) = conn else { break };
+                if cut2.load(Ordering::SeqCst) < fails {
+                    cut2.fetch_add(1, Ordering::SeqCst);
+                    let mut buf = [0u8; 4096];
+                    let _ = client.read(&mut buf);
+                    let _ = client.write_all(
+                        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let (mut c1, mut s1) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c1, &mut s1);
+                    let _ = s1.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let (mut s2, mut c2) = (server, client);
+                    let _ = std::io::copy(&mut s2, &mut c2);
+                    let _ = c2.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Self {
+            port,
+            cut,
+            served: Arc::new(AtomicUsize::new(0)),
+        }
     }
 }
 
@@ -385,4 +434,163 @@ pub fn write_docker_config(dir: &Path, registry: &str, user: &str, pass: &str) {
 
 pub fn tmp_path(dir: &tempfile::TempDir, name: &str) -> PathBuf {
     dir.path().join(name)
+}
+
+/// A layer for a hand-made OCI layout: (media type, blob bytes, diff-id).
+pub struct OciLayer {
+    pub media_type: &'static str,
+    pub blob: Vec<u8>,
+    pub diff_id: Digest,
+}
+
+impl OciLayer {
+    pub fn gzip(tar: &[u8]) -> Self {
+        Self {
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip",
+            blob: gzip(tar),
+            diff_id: Digest::of_bytes(tar),
+        }
+    }
+    pub fn zstd(tar: &[u8]) -> Self {
+        Self {
+            media_type: "application/vnd.oci.image.layer.v1.tar+zstd",
+            blob: zstd_compress(tar),
+            diff_id: Digest::of_bytes(tar),
+        }
+    }
+}
+
+pub fn zstd_compress(data: &[u8]) -> Vec<u8> {
+    let out = Command::new("zstd")
+        .args(["-q", "-c", "-3"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(data)?;
+            c.wait_with_output()
+        })
+        .expect("zstd");
+    assert!(out.status.success());
+    out.stdout
+}
+
+fn put_blob(dir: &Path, data: &[u8]) -> (Digest, u64) {
+    let d = Digest::of_bytes(data);
+    std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+    std::fs::write(dir.join("blobs/sha256").join(d.hex()), data).unwrap();
+    (d, data.len() as u64)
+}
+
+/// Writes one image (manifest + config + layers) into an OCI layout directory and
+/// returns (manifest digest, manifest size, config digest).
+pub fn oci_image(dir: &Path, arch: &str, layers: &[OciLayer]) -> (Digest, u64, Digest) {
+    let config = serde_json::json!({
+        "architecture": arch, "os": "linux",
+        "config": {"Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>()},
+        "history": layers.iter().map(|_| serde_json::json!({"created_by": "hand made"})).collect::<Vec<_>>(),
+    });
+    let config = serde_json::to_vec(&config).unwrap();
+    let (cd, cs) = put_blob(dir, &config);
+    let mut descs = Vec::new();
+    for l in layers {
+        let (d, s) = put_blob(dir, &l.blob);
+        descs.push(
+            serde_json::json!({"mediaType": l.media_type, "digest": d.to_string(), "size": s}),
+        );
+    }
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd.to_string(), "size": cs},
+        "layers": descs,
+    });
+    let manifest = serde_json::to_vec(&manifest).unwrap();
+    let (md, ms) = put_blob(dir, &manifest);
+    (md, ms, cd)
+}
+
+/// Writes `oci-layout` and an `index.json` tagging `manifests` as `tag`; with more
+/// than one manifest, the entries go through a nested multi-platform index.
+pub fn oci_index(dir: &Path, tag: &str, manifests: &[(Digest, u64, &str)]) -> Digest {
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let entries: Vec<_> = manifests
+        .iter()
+        .map(|(d, s, arch)| {
+            serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": d.to_string(), "size": s,
+                "platform": {"architecture": arch, "os": "linux"}})
+        })
+        .collect();
+    let (top, media) = if entries.len() == 1 {
+        (
+            entries[0].clone(),
+            "application/vnd.oci.image.manifest.v1+json",
+        )
+    } else {
+        let idx = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries});
+        let idx = serde_json::to_vec(&idx).unwrap();
+        let (d, s) = put_blob(dir, &idx);
+        (
+            serde_json::json!({"mediaType": "application/vnd.oci.image.index.v1+json", "digest": d.to_string(), "size": s}),
+            "application/vnd.oci.image.index.v1+json",
+        )
+    };
+    let _ = media;
+    let mut top = top;
+    top["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": tag});
+    let digest = Digest::parse(top["digest"].as_str().unwrap()).unwrap();
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [top]});
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    digest
+}
+
+/// `skopeo copy` between two transports, TLS verification off for registries.
+pub fn skopeo_copy(from: &str, to: &str, all: bool) {
+    let mut c = Command::new("skopeo");
+    c.arg("--insecure-policy").arg("copy");
+    if all {
+        c.arg("--all");
+    }
+    c.args([
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        from,
+        to,
+    ]);
+    run(&mut c);
+}
+
+/// A bcrypt htpasswd line (via python3's crypt, as Debian 12 ships no htpasswd).
+pub fn htpasswd_line(user: &str, pass: &str) -> String {
+    let out = run(Command::new("python3").args([
+        "-W",
+        "ignore",
+        "-c",
+        &format!("import crypt; print(crypt.crypt({pass:?}, crypt.mksalt(crypt.METHOD_BLOWFISH)))"),
+    ]));
+    format!("{user}:{}", out.trim())
+}
+
+/// A self-signed certificate for 127.0.0.1: (cert, key).
+pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+    run(Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-addext",
+        "subjectAltName=IP:127.0.0.1",
+        "-keyout",
+        k.to_str().unwrap(),
+        "-out",
+        c.to_str().unwrap(),
+    ]));
+    (c, k)
 }

@@ -356,6 +356,22 @@ fn map_err(op: &'static str, reference: &str, e: OciDistributionError) -> Regist
             reference,
             detail: message.chars().take(300).collect(),
         },
+        OciDistributionError::RequestError(r)
+            if matches!(r.status().map(|s| s.as_u16()), Some(401 | 403)) =>
+        {
+            RegistryError::Unauthorized {
+                op,
+                reference,
+                detail: r.to_string(),
+            }
+        }
+        OciDistributionError::RequestError(r) if r.status().map(|s| s.as_u16()) == Some(404) => {
+            RegistryError::NotFound {
+                op,
+                reference,
+                detail: r.to_string(),
+            }
+        }
         OciDistributionError::AuthenticationFailure(m) => RegistryError::Unauthorized {
             op,
             reference,
