@@ -594,3 +594,83 @@ pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
     ]));
     (c, k)
 }
+
+/// A private `dockerd` (Debian's 20.10) on its own socket, data and exec roots.
+pub struct Dockerd {
+    pub dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Dockerd {
+    /// Starts dockerd; `None` (after a skip or panic per `MOAT_E2E_REQUIRED`) if
+    /// it cannot run here, with its log in the message.
+    pub fn start(insecure_registry: Option<&str>) -> Option<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("md")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let log = std::fs::File::create(dir.path().join("dockerd.log")).unwrap();
+        let mut cmd = Command::new("dockerd");
+        cmd.arg("-H")
+            .arg(format!("unix://{}", dir.path().join("d.sock").display()))
+            .arg("--data-root")
+            .arg(dir.path().join("data"))
+            .arg("--exec-root")
+            .arg(dir.path().join("x"))
+            .arg("--pidfile")
+            .arg(dir.path().join("pid"))
+            .args(["--bridge=none", "--iptables=false"]);
+        if let Some(r) = insecure_registry {
+            cmd.arg("--insecure-registry").arg(r);
+        }
+        let child = cmd
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn dockerd");
+        let d = Self { dir, child };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if d.docker()
+                .arg("version")
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+            {
+                return Some(d);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let log = std::fs::read_to_string(d.dir.path().join("dockerd.log")).unwrap_or_default();
+        skip(&format!("dockerd did not start; its log:\n{log}"));
+        None
+    }
+
+    /// The docker CLI pointed at this daemon (Debian's 20.10 CLI).
+    pub fn docker(&self) -> Command {
+        let mut c = Command::new("/usr/bin/docker");
+        c.arg("-H").arg(format!(
+            "unix://{}",
+            self.dir.path().join("d.sock").display()
+        ));
+        c.env("DOCKER_CONFIG", self.dir.path().join("cli"));
+        c
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        // SIGTERM lets dockerd stop its containerd; SIGKILL only as a last resort.
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -23,12 +23,12 @@ mod blobs;
 mod images;
 mod layers;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
@@ -207,36 +207,39 @@ pub(crate) struct Db {
 
 const DB_VERSION: u32 = 1;
 
-/// Per-key async locks: one download or unpack per blob or layer at a time.
+/// Per-key locks, usable from async and blocking code alike: one download or
+/// unpack per blob or layer at a time. (A tokio mutex would panic when a
+/// blocking caller happens to run on a runtime thread; this one only blocks.)
 #[derive(Debug, Default)]
 pub(crate) struct KeyedLocks {
-    map: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    held: Mutex<HashSet<String>>,
+    cv: Condvar,
+    notify: tokio::sync::Notify,
 }
 
-/// Holds one key of a [`KeyedLocks`].
+/// Holds one key of a [`KeyedLocks`] until dropped.
 #[derive(Debug)]
 pub struct KeyGuard {
     key: String,
     locks: Arc<KeyedLocks>,
-    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl Drop for KeyGuard {
     fn drop(&mut self) {
-        let mut map = lock(&self.locks.map);
-        // Drop the entry when nobody else holds or waits for it.
-        if let Some(m) = map.get(&self.key) {
-            if Arc::strong_count(m) == 2 {
-                map.remove(&self.key);
-            }
-        }
-        self.guard = None;
+        lock(&self.locks.held).remove(&self.key);
+        self.locks.cv.notify_all();
+        self.locks.notify.notify_waiters();
     }
 }
 
 impl KeyedLocks {
-    fn entry(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
-        lock(&self.map).entry(key.to_owned()).or_default().clone()
+    fn try_take(&self, key: &str) -> bool {
+        lock(&self.held).insert(key.to_owned())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        lock(&self.held).is_empty()
     }
 }
 
@@ -376,24 +379,33 @@ impl Store {
 
     /// Waits for exclusive use of `key` (async callers).
     pub async fn lock_key(&self, key: &str) -> KeyGuard {
-        let m = self.locks.entry(key);
-        let guard = m.lock_owned().await;
-        KeyGuard {
-            key: key.to_owned(),
-            locks: self.locks.clone(),
-            guard: Some(guard),
+        loop {
+            // Register for the wake-up before checking, so a release between the
+            // check and the wait is not missed.
+            let notified = self.locks.notify.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if self.locks.try_take(key) {
+                return KeyGuard {
+                    key: key.to_owned(),
+                    locks: self.locks.clone(),
+                };
+            }
+            notified.await;
         }
     }
 
-    /// Waits for exclusive use of `key` (blocking callers, never on an async
-    /// runtime thread).
+    /// Waits for exclusive use of `key` (blocking callers; from async code prefer
+    /// [`Store::lock_key`] or run the whole operation in `spawn_blocking`).
     pub fn lock_key_blocking(&self, key: &str) -> KeyGuard {
-        let m = self.locks.entry(key);
-        let guard = m.blocking_lock_owned();
+        let mut held = lock(&self.locks.held);
+        while held.contains(key) {
+            held = self.locks.cv.wait(held).unwrap_or_else(|e| e.into_inner());
+        }
+        held.insert(key.to_owned());
         KeyGuard {
             key: key.to_owned(),
             locks: self.locks.clone(),
-            guard: Some(guard),
         }
     }
 

@@ -421,6 +421,38 @@ fn inspect_and_history_look_like_docker() {
     assert_eq!(list[0].size, 7);
 }
 
+#[test]
+fn blocking_and_async_lockers_exclude_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(Store::open(dir.path(), opts()).unwrap());
+    let g = s.lock_key_blocking("k");
+    let s2 = s.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let t = std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        // Inside a runtime a blocking lock must block, not panic.
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(async { drop(s2.lock_key_blocking("k")) });
+        start.elapsed()
+    });
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    drop(g);
+    assert!(t.join().unwrap() >= std::time::Duration::from_millis(40));
+    let g = s.lock_key_blocking("k");
+    let s3 = s.clone();
+    let waiter = std::thread::spawn(move || rt.block_on(async { drop(s3.lock_key("k").await) }));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert!(!waiter.is_finished());
+    drop(g);
+    waiter.join().unwrap();
+    assert!(s.locks.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn keyed_locks_serialize_one_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -442,5 +474,5 @@ async fn keyed_locks_serialize_one_key() {
         t.await.unwrap();
     }
     assert_eq!(max.load(std::sync::atomic::Ordering::SeqCst), 1);
-    assert!(lock(&s.locks.map).is_empty(), "lock entries are cleaned up");
+    assert!(s.locks.is_empty(), "lock entries are cleaned up");
 }
