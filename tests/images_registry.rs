@@ -581,3 +581,59 @@ async fn insecure_registries_setting() {
         .unwrap();
     check_busybox_layers(&c, &tname);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bearer_token_auth() {
+    if !(root() && have(&["/usr/bin/docker-registry", "/bin/busybox", "openssl"])) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let tokens = TokenServer::start(tmp.path(), "moat-test", "alice", "s3cret");
+    let reg = RegistryProc::start_with(&tokens.registry_config("moat-test"), None);
+    let a = store(&tmp.path().join("a"));
+    let name = format!("{}/tok/busybox:1", reg.host());
+    build_busybox(&a, &name);
+    let creds = Credentials {
+        username: "alice".into(),
+        password: "s3cret".into(),
+    };
+
+    let e = client()
+        .push(&a, &name, &PushOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, RegistryError::Unauthorized { .. }), "{e}");
+    client()
+        .push(
+            &a,
+            &name,
+            &PushOptions {
+                auth: Some(creds.clone()),
+                ..PushOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    let b = store(&tmp.path().join("b"));
+    let e = client()
+        .pull(&b, &name, &PullOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, RegistryError::Unauthorized { .. }), "{e}");
+    client()
+        .pull(
+            &b,
+            &name,
+            &PullOptions {
+                auth: Some(creds),
+                ..PullOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    check_busybox_layers(&b, &name);
+    assert!(
+        tokens.issued.load(Ordering::SeqCst) >= 3,
+        "tokens were issued"
+    );
+}

@@ -157,7 +157,9 @@ fn main() {
     let mib = env_num("MOAT_BENCH_MIB", 200);
     let nlayers = env_num("MOAT_BENCH_LAYERS", 4).max(1);
     if !Path::new("/usr/bin/docker-registry").exists() {
-        println!("bench-images: SKIPPED: /usr/bin/docker-registry not installed (apt docker-registry)");
+        println!(
+            "bench-images: SKIPPED: /usr/bin/docker-registry not installed (apt docker-registry)"
+        );
         return;
     }
     let work = tempfile::Builder::new()
@@ -382,7 +384,12 @@ fn docker_pull(w: &Path, run_no: usize, host: &str, name: &str) -> Result<f64, S
         .arg(d.join("x"))
         .arg("--pidfile")
         .arg(d.join("pid"))
-        .args(["--bridge=none", "--iptables=false", "--insecure-registry", host])
+        .args([
+            "--bridge=none",
+            "--iptables=false",
+            "--insecure-registry",
+            host,
+        ])
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
         .stderr(log)
         .spawn()

@@ -674,3 +674,159 @@ impl Drop for Dockerd {
         let _ = self.child.wait();
     }
 }
+
+/// A token server for the registry's `auth.token` scheme: it issues RS256 JWTs
+/// (signed with `openssl dgst`, certificate in `x5c`) granting the requested
+/// actions to `user:pass` and nothing to anyone else.
+pub struct TokenServer {
+    pub port: u16,
+    pub cert: PathBuf,
+    pub issued: Arc<AtomicUsize>,
+}
+
+fn b64url(data: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+}
+
+fn url_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let h = u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap_or(b'?');
+                out.push(h);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl TokenServer {
+    pub fn start(dir: &Path, service: &str, user: &str, pass: &str) -> Self {
+        use base64::Engine as _;
+        let (cert, key) = (dir.join("token-cert.pem"), dir.join("token-key.pem"));
+        run(Command::new("openssl").args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=moat-test-token",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
+        ]));
+        let der = Command::new("openssl")
+            .args(["x509", "-outform", "DER", "-in", cert.to_str().unwrap()])
+            .output()
+            .unwrap()
+            .stdout;
+        let x5c = base64::engine::general_purpose::STANDARD.encode(der);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let issued = Arc::new(AtomicUsize::new(0));
+        let issued2 = issued.clone();
+        let (service, expect) = (
+            service.to_owned(),
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+            ),
+        );
+        let work = dir.to_owned();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut c) = conn else { break };
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let req = String::from_utf8_lossy(&req).into_owned();
+                let line = req.lines().next().unwrap_or("");
+                let path = line.split(' ').nth(1).unwrap_or("");
+                let query = path.split_once('?').map(|x| x.1).unwrap_or("");
+                let authorized = req.lines().any(|l| {
+                    l.to_ascii_lowercase().starts_with("authorization:") && l[14..].trim() == expect
+                });
+                let mut access = Vec::new();
+                for kv in query.split('&') {
+                    if let Some(scope) = kv.strip_prefix("scope=") {
+                        let scope = url_decode(scope);
+                        let parts: Vec<&str> = scope.splitn(3, ':').collect();
+                        if parts.len() == 3 && authorized {
+                            access.push(serde_json::json!({
+                                "type": parts[0], "name": parts[1],
+                                "actions": parts[2].split(',').collect::<Vec<_>>()
+                            }));
+                        }
+                    }
+                }
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs();
+                let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [x5c]});
+                let n = issued2.fetch_add(1, Ordering::SeqCst);
+                let claims = serde_json::json!({
+                    "iss": "moat-test-issuer", "sub": if authorized { "alice" } else { "" },
+                    "aud": service, "exp": now + 300, "nbf": now - 10, "iat": now,
+                    "jti": format!("t{n}"), "access": access,
+                });
+                let signing_input = format!(
+                    "{}.{}",
+                    b64url(&serde_json::to_vec(&header).unwrap()),
+                    b64url(&serde_json::to_vec(&claims).unwrap())
+                );
+                let input_file = work.join(format!("jwt-{n}"));
+                std::fs::write(&input_file, &signing_input).unwrap();
+                let sig = Command::new("openssl")
+                    .args(["dgst", "-sha256", "-sign"])
+                    .arg(work.join("token-key.pem"))
+                    .arg(&input_file)
+                    .output()
+                    .unwrap()
+                    .stdout;
+                let jwt = format!("{signing_input}.{}", b64url(&sig));
+                let body = serde_json::to_vec(
+                    &serde_json::json!({"token": jwt, "access_token": jwt, "expires_in": 300}),
+                )
+                .unwrap();
+                let _ = c.write_all(
+                    format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())
+                        .as_bytes(),
+                );
+                let _ = c.write_all(&body);
+            }
+        });
+        Self { port, cert, issued }
+    }
+
+    /// The registry config section that trusts this server.
+    pub fn registry_config(&self, service: &str) -> String {
+        format!(
+            "auth:\n  token:\n    realm: http://127.0.0.1:{}/token\n    service: {service}\n    issuer: moat-test-issuer\n    rootcertbundle: {}\n",
+            self.port,
+            self.cert.display()
+        )
+    }
+}
