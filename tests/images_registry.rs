@@ -637,3 +637,44 @@ async fn bearer_token_auth() {
         "tokens were issued"
     );
 }
+
+/// More layers than download slots, with every slot count: a pull must never
+/// wait for a slot it already holds (a double acquisition deadlocked here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn more_layers_than_download_slots() {
+    if !(root() && have(&["/usr/bin/docker-registry", "/bin/busybox"])) {
+        return;
+    }
+    let reg = RegistryProc::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let a = store(&tmp.path().join("a"));
+    let name = format!("{}/slots/img:1", reg.host());
+    let mut b = moat_images::build::ImageBuilder::new(&a);
+    for i in 0..6u8 {
+        let l = tar_layer(&[E::File("f", &vec![i; 300_000], 0o644)]);
+        b.add_layer(&a, &l[..], "layer", None).unwrap();
+    }
+    let id = b
+        .commit(&a, &[moat_images::ImageRef::parse(&name).unwrap()])
+        .unwrap();
+    client()
+        .push(&a, &name, &PushOptions::default())
+        .await
+        .unwrap();
+    for slots in 1..=4 {
+        let r = Registry::new(RegistryConfig {
+            docker_config_dir: Some("/nonexistent".into()),
+            max_concurrent_downloads: slots,
+            ..RegistryConfig::default()
+        });
+        let s = store(&tmp.path().join(format!("s{slots}")));
+        let p = tokio::time::timeout(
+            std::time::Duration::from_secs(120),
+            r.pull(&s, &name, &PullOptions::default()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("pull with {slots} download slots hung"))
+        .unwrap();
+        assert_eq!(p.id, id);
+    }
+}

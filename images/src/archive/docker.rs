@@ -145,17 +145,15 @@ pub fn save<W: Write>(store: &Store, names: &[&str], w: W) -> Result<(), Archive
         if !order.contains(&id) {
             order.push(id.clone());
         }
+        // Named by a tag it carries: save that tag (by ID or digest: none).
+        let tag = ImageRef::parse(n)
+            .ok()
+            .filter(|r| r.digest().is_none() && store.tags(&id).contains(&r.to_string()));
         let e = tags.entry(id).or_default();
-        if let Ok(r) = ImageRef::parse(n) {
-            if r.digest().is_none()
-                && store
-                    .tags(&store.resolve(n).map_err(store_err(OP))?)
-                    .contains(&r.to_string())
-            {
-                let fam = r.familiar();
-                if !e.contains(&fam) {
-                    e.push(fam);
-                }
+        if let Some(r) = tag {
+            let fam = r.familiar();
+            if !e.contains(&fam) {
+                e.push(fam);
             }
         }
     }

@@ -518,72 +518,52 @@ impl Registry {
         explicit: Option<&Credentials>,
         mirrors: bool,
     ) -> Result<Vec<Endpoint>, RegistryError> {
+        let rs = r.to_string();
         let mut out = Vec::new();
-        let mut add =
-            |host: String, forced: Option<Scheme>, mirror: bool| -> Result<(), RegistryError> {
-                let mut oci_ref = r.as_oci().clone();
-                if mirror {
-                    oci_ref.set_mirror_registry(host.clone());
-                }
-                // Mirrors get the caller's credentials only from the Docker config,
-                // never the ones meant for Docker Hub.
-                let auth = self.credentials(&host, if mirror { None } else { explicit })?;
-                for scheme in self.schemes_for(&host, forced) {
-                    let client = self
-                        .client(scheme)
-                        .map_err(|e| map_err(op, &r.to_string(), e))?;
-                    out.push(Endpoint {
-                        oci_ref: oci_ref.clone(),
-                        client,
-                        auth: auth.clone(),
-                        host: host.clone(),
-                        scheme,
-                        mirror,
-                    });
-                }
-                Ok(())
-            };
-        if mirrors && r.registry() == DOCKER_HUB {
+        let mut add = |oci_ref: oci_client::Reference,
+                       host: &str,
+                       auth: RegistryAuth,
+                       forced: Option<Scheme>,
+                       mirror: bool|
+         -> Result<(), RegistryError> {
+            for scheme in self.schemes_for(host, forced) {
+                out.push(Endpoint {
+                    oci_ref: oci_ref.clone(),
+                    client: self.client(scheme).map_err(|e| map_err(op, &rs, e))?,
+                    auth: auth.clone(),
+                    host: host.to_owned(),
+                    scheme,
+                    mirror,
+                });
+            }
+            Ok(())
+        };
+        let hub = r.registry() == DOCKER_HUB;
+        if mirrors && hub {
             for m in &self.cfg.registry_mirrors {
                 let m = m.trim().trim_end_matches('/');
-                let (forced, host) = if let Some(h) = m.strip_prefix("http://") {
-                    (Some(Scheme::Http), h)
-                } else if let Some(h) = m.strip_prefix("https://") {
-                    (None, h)
-                } else {
-                    (None, m)
+                let (forced, host) = match (m.strip_prefix("http://"), m.strip_prefix("https://")) {
+                    (Some(h), _) => (Some(Scheme::Http), h),
+                    (None, Some(h)) => (None, h),
+                    (None, None) => (None, m),
                 };
-                let host = host.split('/').next().unwrap_or(host).to_owned();
-                if !host.is_empty() {
-                    add(host, forced, true)?;
+                let host = host.split('/').next().unwrap_or(host);
+                if host.is_empty() {
+                    continue;
                 }
+                let mut oci_ref = r.as_oci().clone();
+                oci_ref.set_mirror_registry(host.to_owned());
+                // A mirror gets credentials only from the Docker config, never the
+                // ones the caller meant for Docker Hub.
+                let auth = self.credentials(host, None)?;
+                add(oci_ref, host, auth, forced, true)?;
             }
         }
-        let upstream = if r.registry() == DOCKER_HUB {
-            "index.docker.io".to_owned()
-        } else {
-            r.registry().to_owned()
-        };
-        // Credentials are looked up under the name references use.
-        let mut oci_ref_host = upstream.clone();
-        if r.registry() == DOCKER_HUB {
-            oci_ref_host = DOCKER_HUB.to_owned();
-        }
-        let auth_host = oci_ref_host;
-        let auth = self.credentials(&auth_host, explicit)?;
-        for scheme in self.schemes_for(&upstream, None) {
-            let client = self
-                .client(scheme)
-                .map_err(|e| map_err(op, &r.to_string(), e))?;
-            out.push(Endpoint {
-                oci_ref: r.as_oci().clone(),
-                client,
-                auth: auth.clone(),
-                host: upstream.clone(),
-                scheme,
-                mirror: false,
-            });
-        }
+        // Docker Hub is reached at index.docker.io; credentials are looked up
+        // under the name references use.
+        let upstream = if hub { "index.docker.io" } else { r.registry() };
+        let auth = self.credentials(r.registry(), explicit)?;
+        add(r.as_oci().clone(), upstream, auth, None, false)?;
         Ok(out)
     }
 
@@ -914,15 +894,8 @@ impl Registry {
         diff: &Digest,
         progress: &Progress,
     ) -> Result<(LayerRef, Lease), RegistryError> {
-        let _permit = self
-            .downloads
-            .acquire()
-            .await
-            .map_err(|_| RegistryError::Invalid {
-                op: "pull",
-                reference: rs.to_owned(),
-                reason: "download limiter closed".into(),
-            })?;
+        // Locks first: a pull waiting for another pull's download of the same
+        // layer must not hold a download slot.
         let _b = store.lock_key(&blob_key(&desc.digest)).await;
         let _l = store.lock_key(&layer_key(diff)).await;
         let lref = LayerRef {
@@ -949,22 +922,9 @@ impl Registry {
             let (d, mt, df) = (desc.digest.clone(), desc.media_type.clone(), diff.clone());
             let le = tokio::task::spawn_blocking(move || -> Result<Lease, StoreError> {
                 let mut le = st.lease();
-                // ensure_layer_from_blob takes the layer lock itself; we hold it
-                // (async), so unpack directly.
-                let f = st.open_blob(&d)?;
-                let tmp = st.layer_temp()?;
-                let stats = crate::unpack::unpack_layer(
-                    io::BufReader::with_capacity(1 << 20, f),
-                    media::layer_compression(&mt),
-                    Some(&df),
-                    tmp.path(),
-                    &st.options().limits,
-                )
-                .map_err(|source| StoreError::Unpack {
-                    layer: df.clone(),
-                    source,
-                })?;
-                tmp.commit(&stats, &mut le)?;
+                // We hold the layer lock (async); the locked variant would wait
+                // for ourselves.
+                st.unpack_blob_unlocked(&d, &mt, &df, &mut le)?;
                 Ok(le)
             })
             .await
@@ -978,6 +938,15 @@ impl Registry {
             );
             return Ok((lref, lease));
         }
+        let _permit = self
+            .downloads
+            .acquire()
+            .await
+            .map_err(|_| RegistryError::Invalid {
+                op: "pull",
+                reference: rs.to_owned(),
+                reason: "download limiter closed".into(),
+            })?;
         let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(64);
         let st = store.clone();
         let (d, df) = (desc.clone(), diff.clone());

@@ -159,6 +159,18 @@ impl Store {
         lease: &mut Lease,
     ) -> Result<LayerInfo, StoreError> {
         let _g = self.lock_key_blocking(&layer_key(diff_id));
+        self.unpack_blob_unlocked(blob, media_type, diff_id, lease)
+    }
+
+    /// [`Store::ensure_layer_from_blob`] for a caller that already holds the
+    /// `layer:<hex>` lock.
+    pub fn unpack_blob_unlocked(
+        &self,
+        blob: &Digest,
+        media_type: &str,
+        diff_id: &Digest,
+        lease: &mut Lease,
+    ) -> Result<LayerInfo, StoreError> {
         lease.add(diff_id);
         if self.has_layer(diff_id) {
             return self.layer_info(diff_id);
