@@ -26,7 +26,13 @@ pub struct BlobWriter {
 impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let after = self.hasher.len() + buf.len() as u64;
-        if after > self.expected_size.unwrap_or(self.max_size) {
+        // A descriptor cannot lift the store's own cap.
+        if after
+            > self
+                .expected_size
+                .unwrap_or(self.max_size)
+                .min(self.max_size)
+        {
             return Err(io::Error::new(
                 io::ErrorKind::FileTooLarge,
                 match self.expected_size {

@@ -99,6 +99,20 @@ fn blobs_are_verified_while_written() {
     // More bytes than the descriptor says: refused while writing.
     let mut w = s.blob_writer(None, Some(4)).unwrap();
     assert!(w.write_all(b"12345").is_err());
+    // A descriptor claiming more than the store's cap does not lift the cap.
+    let small = Store::open(
+        &dir.path().join("small"),
+        StoreOptions {
+            durable: false,
+            limits: crate::unpack::UnpackLimits {
+                max_total_bytes: 8,
+                ..Default::default()
+            },
+        },
+    )
+    .unwrap();
+    let mut w = small.blob_writer(None, Some(1 << 40)).unwrap();
+    assert!(w.write_all(b"123456789").is_err());
     // Fewer: refused at commit.
     let mut w = s.blob_writer(None, Some(10)).unwrap();
     w.write_all(b"12345").unwrap();
