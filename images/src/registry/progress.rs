@@ -142,7 +142,7 @@ pub(crate) struct Meter {
 impl Meter {
     pub(crate) fn add(&mut self, n: u64) {
         self.done += n;
-        if self.done - self.last_bytes >= 256 * 1024
+        if self.done.saturating_sub(self.last_bytes) >= 256 * 1024
             || self.last_time.elapsed() >= Duration::from_millis(100)
         {
             self.flush();
