@@ -27,7 +27,7 @@ APT_PACKAGES := build-essential bc bison flex libelf-dev libssl-dev dwarves \
 	device-tree-compiler gcc-aarch64-linux-gnu libc6-dev-arm64-cross \
 	linux-source-6.1 xz-utils qemu-system-x86 seabios busybox-static cpio lz4 \
 	zstd libseccomp-dev skopeo umoci docker-registry docker.io util-linux \
-	coreutils
+	coreutils python3 openssl
 RUST_COMPONENTS := rustfmt clippy
 RUST_TARGETS := x86_64-unknown-linux-musl aarch64-unknown-linux-gnu
 DEPS_HASH := $(shell echo '$(APT_PACKAGES) | $(RUST_COMPONENTS) | $(RUST_TARGETS)' | sha256sum | cut -c1-12)
@@ -146,3 +146,4 @@ demo: deps kernel testhost
 bench: deps kernel testhost
 	$(CARGO) build --release -p moat-tests --bin moat-bench
 	$(E2E_ENV) $(ROOT)/target/release/moat-bench --runs 3
+	$(CARGO) bench -p moat-images --bench pull
