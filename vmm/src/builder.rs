@@ -2,9 +2,9 @@
 //! recipe of small steps (Firecracker's habit):
 //!
 //! `enter_fs_sandbox` → `build_virtio_devices` → `create_vm` → `setup_memory` →
-//! `load_kernel` → `setup_irqchip` → `attach_legacy_devices` →
-//! `attach_boot_marker` → `attach_virtio_device` (each) → `create_vcpus` →
-//! `Irqchip::finish` → `configure_system` → `start_vcpus`.
+//! `load_kernel` → `setup_irqchip` → `create_vcpus` (then `Irqchip::finish`) →
+//! `attach_legacy_devices` → `attach_boot_marker` → `attach_virtio_device`
+//! (each) → `configure_system` → `start_vcpus`.
 //!
 //! The same recipe builds x86_64 and aarch64 VMs: `arch` exports the same names
 //! for both. Ordering rules are stated where they bind; where the two
@@ -437,21 +437,26 @@ pub fn attach_virtio_device(
     Ok((transport, info))
 }
 
+/// vCPUs created and configured, not yet running.
+#[derive(Debug)]
+struct CreatedVcpus {
+    fds: Vec<kvm_ioctls::VcpuFd>,
+    /// What the boot information needs to know about them (aarch64: the MPIDR
+    /// KVM gave each, which the device tree lists).
+    infos: Vec<arch::VcpuBootInfo>,
+}
+
 /// Creates and configures every vCPU, then completes the interrupt controller.
 /// Needs the irqchip (x86_64: each LAPIC is set up here; aarch64: each vCPU
-/// registers its GIC redistributor as it is created). Returns the vCPUs and
-/// what the boot information needs to know about them (aarch64: the MPIDR KVM
-/// gave each, which the device tree lists).
+/// registers its GIC redistributor as it is created).
 fn create_vcpus(
     vm: &Vm,
     irqchip: &arch::Irqchip,
     count: u8,
     entry: EntryPoint,
-    buses: &Arc<Buses>,
-    exit: &ExitHandle,
-) -> Result<(Vec<Vcpu>, Vec<arch::VcpuBootInfo>), CreateVcpusError> {
+) -> Result<CreatedVcpus, CreateVcpusError> {
     let template = arch::CpuTemplate::new(vm.kvm(), vm.fd())?;
-    let mut vcpus = Vec::with_capacity(usize::from(count));
+    let mut fds = Vec::with_capacity(usize::from(count));
     let mut infos = Vec::with_capacity(usize::from(count));
     for id in 0..count {
         let fd = vm
@@ -459,25 +464,29 @@ fn create_vcpus(
             .create_vcpu(u64::from(id))
             .map_err(|source| CreateVcpusError::Create { vcpu: id, source })?;
         infos.push(arch::configure_vcpu(&template, &fd, id, count, entry)?);
-        vcpus.push(Vcpu::new(id, fd, buses.clone(), exit.clone()));
+        fds.push(fd);
     }
     // Ordering: on aarch64 the vGIC is initialised (KVM_DEV_ARM_VGIC_CTRL_INIT)
     // only once every vCPU exists: the init sizes its per-vCPU state from the
-    // vCPUs present and fails while one is still being created; vCPUs created
-    // after it would have no interrupt state. It must also come before any vCPU
-    // runs. x86_64 has nothing left to do here.
+    // vCPUs present and fails while one is still being created. It must also
+    // come before any vCPU runs and before any irqfd is registered (KVM answers
+    // EAGAIN to an irqfd until the vGIC is initialised). x86_64 has nothing left
+    // to do here.
     irqchip.finish()?;
-    Ok((vcpus, infos))
+    Ok(CreatedVcpus { fds, infos })
 }
 
-/// Starts one thread per vCPU. If one cannot start, the others are stopped.
+/// Starts one thread per vCPU, each dispatching its exits to `buses`. If one
+/// cannot start, the others are stopped.
 fn start_vcpus(
-    vcpus: Vec<Vcpu>,
+    fds: Vec<kvm_ioctls::VcpuFd>,
+    buses: &Arc<Buses>,
     exit: &ExitHandle,
 ) -> Result<Vec<std::thread::JoinHandle<()>>, StartVcpusError> {
     vcpu::register_kick_signal().map_err(StartVcpusError::Signal)?;
-    let mut handles = Vec::with_capacity(vcpus.len());
-    for vcpu in vcpus {
+    let mut handles = Vec::with_capacity(fds.len());
+    for (id, fd) in (0u8..).zip(fds) {
+        let vcpu = Vcpu::new(id, fd, buses.clone(), exit.clone());
         match vcpu.start() {
             Ok(handle) => handles.push(handle),
             Err(e) => {
@@ -543,6 +552,11 @@ pub fn build_microvm_with(
     // created; it is completed after them (see `create_vcpus`).
     let irqchip = arch::setup_irqchip(vm.fd(), config.vcpus)?;
 
+    // Ordering: vCPUs come before the devices. aarch64: an irqfd can only be
+    // registered once the vGIC is initialised, which needs every vCPU. x86_64
+    // does not mind either way. They run only at the end.
+    let vcpus = create_vcpus(&vm, &irqchip, config.vcpus, kernel.entry)?;
+
     let exit = ExitHandle::new();
     let mut buses = Buses::new();
     let serial = attach_legacy_devices(&vm, &mut buses, config, &exit)?;
@@ -563,11 +577,6 @@ pub fn build_microvm_with(
         virtio_infos.push(info);
     }
 
-    // Ordering: buses are complete and read-only from here on; vCPUs share them.
-    let buses = Arc::new(buses);
-    let (vcpus, vcpu_infos) =
-        create_vcpus(&vm, &irqchip, config.vcpus, kernel.entry, &buses, &exit)?;
-
     // Ordering: the boot information comes last, before any vCPU runs: it needs
     // every device (x86_64: the command line; aarch64: the device tree) and, on
     // aarch64, every vCPU's MPIDR, which KVM assigns at vCPU init.
@@ -575,14 +584,16 @@ pub fn build_microvm_with(
         &mem,
         config.memory_bytes(),
         &cmdline,
-        &vcpu_infos,
+        &vcpus.infos,
         kernel.entry,
         initrd,
         &virtio_infos,
     )?;
 
-    // Ordering: vCPUs start last, once everything they can reach exists.
-    let handles = start_vcpus(vcpus, &exit)?;
+    // Ordering: buses are complete and read-only from here on; vCPUs share
+    // them. vCPUs start last, once everything they can reach exists.
+    let buses = Arc::new(buses);
+    let handles = start_vcpus(vcpus.fds, &buses, &exit)?;
     tracing::debug!(elapsed_us = elapsed_us(start), "vcpus started");
     Ok(Vmm::new(
         vm,

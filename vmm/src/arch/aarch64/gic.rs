@@ -4,11 +4,13 @@
 //! (`KVM_DEV_ARM_VGIC_CTRL_INIT`) once every vCPU exists. This module owns that
 //! device; the device tree describes it (`fdt.rs`), and irqfds raise its SPIs.
 //!
-//! Ordering, as KVM enforces it: the device may be created before or after the
-//! vCPUs but before any vCPU runs; a vCPU created after the redistributor
-//! address is set registers its redistributor at once; `CTRL_INIT` fails while a
-//! vCPU is still being created and sizes the per-vCPU state from the vCPUs that
-//! exist, so it comes after the last one; the first `KVM_RUN` fails without it.
+//! Ordering, as KVM (Linux 6.1) enforces it: the device may be created before
+//! or after the vCPUs but before any vCPU runs; a vCPU created after the
+//! redistributor address is set registers its redistributor at once;
+//! `CTRL_INIT` fails while a vCPU is still being created and sizes the per-vCPU
+//! state from the vCPUs that exist, so it comes after the last one; `KVM_IRQFD`
+//! answers `EAGAIN` until `CTRL_INIT` is done, so devices are attached after it;
+//! the first `KVM_RUN` fails without it.
 
 use kvm_bindings::{
     kvm_create_device, kvm_device_attr, kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3,
