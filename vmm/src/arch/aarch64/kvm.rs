@@ -36,11 +36,8 @@ pub const REQUIRED_CAPS: &[Cap] = &[
 /// Why the kernel could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadKernelError {
-    #[error("load kernel {path}: boot protocol {choice:?} is for x86_64; an arm64 Image has one entry (use auto)")]
-    Protocol {
-        path: PathBuf,
-        choice: BootProtocolChoice,
-    },
+    #[error("load kernel {path}: boot protocol {choice} is for x86_64; an arm64 Image has one entry (use auto)")]
+    Protocol { path: PathBuf, choice: &'static str },
     #[error("load kernel {path}: no room for the device tree in {mem_size} bytes of RAM")]
     NoFdtRoom { path: PathBuf, mem_size: u64 },
     #[error("load kernel {path}: not an arm64 Image, or it does not fit in RAM: {source}")]
@@ -65,7 +62,12 @@ pub fn load_kernel<F>(
 where
     F: std::io::Read + ReadVolatile + Seek,
 {
-    if choice != BootProtocolChoice::Auto {
+    let refused = match choice {
+        BootProtocolChoice::Auto => None,
+        BootProtocolChoice::Linux64 => Some("linux64"),
+        BootProtocolChoice::Pvh => Some("pvh"),
+    };
+    if let Some(choice) = refused {
         return Err(LoadKernelError::Protocol {
             path: path.to_owned(),
             choice,
