@@ -205,3 +205,81 @@ pub fn attach_legacy_devices(
     )?;
     Ok(())
 }
+
+/// Kernel loading needs `linux-loader`'s arm64 Image loader, which exists on
+/// aarch64 only; these run on arm64 build machines (the placement rules they
+/// rely on are tested everywhere, in `layout.rs` and `mod.rs`).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const MIB: u64 = 1 << 20;
+
+    /// A minimal arm64 Image: the 64-byte header and `body` bytes of code.
+    fn image(text_offset: u64, image_size: u64, magic: &[u8; 4], body: usize) -> std::fs::File {
+        let mut bytes = vec![0u8; 64 + body];
+        bytes[8..16].copy_from_slice(&text_offset.to_le_bytes());
+        bytes[16..24].copy_from_slice(&image_size.to_le_bytes());
+        bytes[24..32].copy_from_slice(&0b1010u64.to_le_bytes()); // LE, 4K, anywhere
+        bytes[56..60].copy_from_slice(magic);
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&bytes).unwrap();
+        file
+    }
+
+    fn memory(size: u64) -> GuestMemory {
+        GuestMemory::from_ranges(&[(GuestAddress(layout::RAM_START), size as usize)]).unwrap()
+    }
+
+    #[test]
+    fn loads_an_image_at_its_text_offset() {
+        let mem = memory(64 * MIB);
+        let path = Path::new("Image");
+        let mut file = image(0, 3 * MIB, b"ARM\x64", 0x1000);
+        let k = load_kernel(&mem, &mut file, path, BootProtocolChoice::Auto).unwrap();
+        assert_eq!(k.entry.addr, GuestAddress(layout::RAM_START));
+        assert_eq!(k.entry.fdt.0, layout::fdt_address(64 * MIB).unwrap());
+        assert_eq!(
+            k.kernel_end,
+            layout::RAM_START + 3 * MIB,
+            "image_size counts"
+        );
+
+        let mut file = image(0x8_0000, 0x10_0000, b"ARM\x64", 0x1000);
+        let k = load_kernel(&mem, &mut file, path, BootProtocolChoice::Auto).unwrap();
+        assert_eq!(k.entry.addr, GuestAddress(layout::RAM_START + 0x8_0000));
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_bootable_image() {
+        let mem = memory(16 * MIB);
+        let path = Path::new("Image");
+        let load = |file: &mut std::fs::File, choice| load_kernel(&mem, file, path, choice);
+        assert!(matches!(
+            load(&mut image(0, MIB, b"MZ\0\0", 16), BootProtocolChoice::Auto),
+            Err(LoadKernelError::Image { .. })
+        ));
+        assert!(matches!(
+            load(&mut image(0, MIB, b"ARM\x64", 16), BootProtocolChoice::Pvh),
+            Err(LoadKernelError::Protocol { choice: "pvh", .. })
+        ));
+        // Its memory would run into the device tree, or wrap around.
+        assert!(matches!(
+            load(
+                &mut image(0, 15 * MIB, b"ARM\x64", 16),
+                BootProtocolChoice::Auto
+            ),
+            Err(LoadKernelError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            load(
+                &mut image(0, u64::MAX, b"ARM\x64", 16),
+                BootProtocolChoice::Auto
+            ),
+            Err(LoadKernelError::TooLarge { .. })
+        ));
+        let mut empty = tempfile::tempfile().unwrap();
+        assert!(load(&mut empty, BootProtocolChoice::Auto).is_err());
+    }
+}

@@ -437,7 +437,7 @@ fn rx_delivers_frames_with_a_clean_header() {
         }
     );
     assert_eq!(g.rx.used(0).1 as usize, VNET_HDR_LEN + frame.len());
-    assert!(irq.irqfd().read().unwrap() >= 1);
+    assert!(wait_interrupt(&irq) >= 1);
     let s = dev.stats();
     assert_eq!(stat(&s.rx_frames), 1);
     assert_eq!(stat(&s.rx_bytes), frame.len() as u64);
