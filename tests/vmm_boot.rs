@@ -6,77 +6,12 @@
 //! own virtio drivers on moat-vmm's virtio-mmio transport: rng, block, virtio-fs
 //! (read and write) and vsock.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use moat_tests::{artifact_or_skip, host_or_skip, notice, skip, Artifacts};
-
-/// Builds the test initramfs (just `/init`; the kernel's built-in initramfs
-/// provides `/dev/console`) in `dir`.
-fn build_initrd(root: &Path, dir: &Path) -> Result<PathBuf, String> {
-    let staging = dir.join("initrd-root");
-    std::fs::create_dir_all(&staging).map_err(|e| format!("create {}: {e}", staging.display()))?;
-    let cc = Command::new("cc")
-        .args(["-static", "-O2", "-Wall", "-o"])
-        .arg(staging.join("init"))
-        .arg(root.join("tests/vmm-boot/init.c"))
-        .output()
-        .map_err(|e| format!("run cc (make deps: build-essential): {e}"))?;
-    if !cc.status.success() {
-        return Err(format!(
-            "cc -static init.c: {}",
-            String::from_utf8_lossy(&cc.stderr)
-        ));
-    }
-    let initrd = dir.join("initrd.cpio");
-    let out = std::fs::File::create(&initrd).map_err(|e| format!("create initrd: {e}"))?;
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg("echo init | cpio -o -H newc -R 0:0 --quiet")
-        .current_dir(&staging)
-        .stdout(out)
-        .status()
-        .map_err(|e| format!("run cpio (make deps: cpio): {e}"))?;
-    if !status.success() {
-        return Err(format!("cpio exited with {status}"));
-    }
-    Ok(initrd)
-}
-
-/// Per case: exit status, console lines, stderr lines.
-type Cases = BTreeMap<String, (i32, Vec<String>, Vec<String>)>;
-
-fn parse_cases(stdout: &str) -> Cases {
-    let mut cases = Cases::new();
-    for line in stdout.lines() {
-        if let Some(rest) = line.strip_prefix("case ") {
-            if let Some((name, status)) = rest.split_once(" status=") {
-                let status = status.trim().parse().unwrap_or(-1);
-                cases.insert(name.to_string(), (status, Vec::new(), Vec::new()));
-            }
-        } else if let Some((name, text)) = line.split_once(" console: ") {
-            if let Some(c) = cases.get_mut(name) {
-                c.1.push(text.to_string());
-            }
-        } else if let Some((name, text)) = line.split_once(" stderr: ") {
-            if let Some(c) = cases.get_mut(name) {
-                c.2.push(text.to_string());
-            }
-        }
-    }
-    cases
-}
-
-fn marker_us(stderr: &[String]) -> Option<u64> {
-    stderr.iter().find_map(|l| {
-        l.strip_prefix("moat-vmm: boot-marker ")?
-            .strip_suffix(" us")?
-            .parse()
-            .ok()
-    })
-}
+use moat_tests::{
+    artifact_or_skip, build_boot_initrd, host_or_skip, notice, parse_boot_cases, skip, Artifacts,
+    GuestArch,
+};
 
 #[test]
 fn moat_vmm_boots_the_guest_kernel_to_init() {
@@ -89,7 +24,7 @@ fn moat_vmm_boots_the_guest_kernel_to_init() {
         return;
     };
     let work = a.runs_dir.join(format!("vmm-boot-{}", std::process::id()));
-    let initrd = match build_initrd(&a.root, &work) {
+    let initrd = match build_boot_initrd(&a.root, &work, GuestArch::X86_64) {
         Ok(p) => p,
         Err(e) => {
             skip(test, &e);
@@ -108,7 +43,7 @@ fn moat_vmm_boots_the_guest_kernel_to_init() {
             a.root.join("tests/vmm-boot/boot-matrix.sh"),
             "/boot-matrix.sh",
         )
-        .run(&["sh", "./boot-matrix.sh"])
+        .run(&["sh", "./boot-matrix.sh", "x86_64"])
         .unwrap();
     let _ = std::fs::remove_dir_all(&work);
     let stdout = out.stdout_str();
@@ -118,20 +53,19 @@ fn moat_vmm_boots_the_guest_kernel_to_init() {
         "stdout: {stdout}\nstderr: {}",
         out.stderr_str()
     );
-    let cases = parse_cases(&stdout);
+    let cases = parse_boot_cases(&stdout);
     for name in ["pvh", "linux64", "smp"] {
-        let (status, console, stderr) = cases
+        let case = cases
             .get(name)
             .unwrap_or_else(|| panic!("case {name} missing: {stdout}"));
-        let reached = console
-            .iter()
-            .find(|l| l.contains("moat-boot-test: init reached"));
-        let marker = marker_us(stderr);
+        let (status, console, stderr) = (case.status, &case.console, &case.stderr);
+        let reached = case.console_line("moat-boot-test: init reached");
+        let marker = case.marker_us();
         notice(&format!(
             "{test} ({} tier) {name}: status {status}, boot marker {marker:?} us, {reached:?}",
             out.tier
         ));
-        assert_eq!(*status, 0, "{name}: {stderr:?}\nconsole: {console:?}");
+        assert_eq!(status, 0, "{name}: {stderr:?}\nconsole: {console:?}");
         assert!(reached.is_some(), "{name}: /init not reached: {console:?}");
         assert!(marker.is_some(), "{name}: no boot-marker line: {stderr:?}");
         assert!(
@@ -145,18 +79,19 @@ fn moat_vmm_boots_the_guest_kernel_to_init() {
         ("pvh", "entering through the pvh"),
         ("linux64", "entering through the 64-bit"),
     ] {
-        let stderr = &cases[name].2;
+        let stderr = &cases[name].stderr;
         assert!(
             stderr.iter().any(|l| l.contains(entry)),
             "{name}: {stderr:?}"
         );
     }
-    let smp = &cases["smp"].1;
+    let smp = &cases["smp"].console;
     assert!(smp.iter().any(|l| l.ends_with(", 2 cpus")), "smp: {smp:?}");
-    let (status, console, stderr) = cases
+    let panic = cases
         .get("panic")
         .unwrap_or_else(|| panic!("case panic missing: {stdout}"));
-    assert_eq!(*status, 3, "panic: {stderr:?}\nconsole: {console:?}");
+    let (status, console, stderr) = (panic.status, &panic.console, &panic.stderr);
+    assert_eq!(status, 3, "panic: {stderr:?}\nconsole: {console:?}");
     assert!(
         stderr
             .iter()
@@ -164,11 +99,12 @@ fn moat_vmm_boots_the_guest_kernel_to_init() {
         "panic: {stderr:?}"
     );
 
-    let (status, console, stderr) = cases
+    let devices = cases
         .get("devices")
         .unwrap_or_else(|| panic!("case devices missing: {stdout}"));
+    let (status, console, stderr) = (devices.status, &devices.console, &devices.stderr);
     notice(&format!("{test} devices: {console:?}"));
-    assert_eq!(*status, 0, "devices: {stderr:?}\nconsole: {console:?}");
+    assert_eq!(status, 0, "devices: {stderr:?}\nconsole: {console:?}");
     let line = |prefix: &str| {
         console
             .iter()
@@ -185,17 +121,4 @@ fn moat_vmm_boots_the_guest_kernel_to_init() {
         stdout.contains("devices host: from-guest.txt: written by the guest"),
         "{stdout}"
     );
-}
-
-#[test]
-fn case_output_parsing() {
-    let cases = parse_cases(
-        "case a status=0\na console: hello\na stderr: moat-vmm: boot-marker 12 us\n\
-         case b status=3\nb stderr: x\nnoise\n",
-    );
-    assert_eq!(cases["a"].0, 0);
-    assert_eq!(cases["a"].1, vec!["hello"]);
-    assert_eq!(marker_us(&cases["a"].2), Some(12));
-    assert_eq!(cases["b"].0, 3);
-    assert_eq!(marker_us(&cases["b"].2), None);
 }

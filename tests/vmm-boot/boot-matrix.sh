@@ -1,25 +1,46 @@
 #!/bin/sh
 # Boots the guest kernel with moat-vmm in several ways, from the root of the
-# added files (./bin/moat-vmm, ./boot/vmlinux, ./boot/initrd.cpio; the initrd's
-# /init is tests/vmm-boot/init.c). For each case it prints
+# added files (./bin/moat-vmm, ./boot/vmlinux or ./boot/Image, ./boot/initrd.cpio;
+# the initrd's /init is tests/vmm-boot/init.c).
+#
+#   boot-matrix.sh [x86_64|arm64]      (default x86_64)
+#
+# For each case it prints
 #   case <name> status=<exit status>
 # then the console and moat-vmm's stderr, one line each, prefixed by
 # "<name> console: " and "<name> stderr: ". The devices case also prints
 # "devices host: ..." with what the guest wrote into its share.
 set -u
-base="console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"
+arch=${1:-x86_64}
+case $arch in
+x86_64)
+    kernel=./boot/vmlinux
+    base="console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd" ;;
+arm64)
+    kernel=./boot/Image
+    base="console=ttyS0 panic=-1 quiet" ;;
+*) echo "boot-matrix: unknown architecture $arch" >&2; exit 2 ;;
+esac
 tmp=$(mktemp -d)
 run() {
     name=$1
     shift
-    ./bin/moat-vmm --kernel ./boot/vmlinux --initrd ./boot/initrd.cpio --memory-mib 256 \
+    ./bin/moat-vmm --kernel "$kernel" --initrd ./boot/initrd.cpio --memory-mib 256 \
         --console "file:$tmp/$name.console" "$@" </dev/null 2>"$tmp/$name.err"
     echo "case $name status=$?"
     sed "s/^/$name console: /" "$tmp/$name.console" 2>/dev/null
     sed "s/^/$name stderr: /" "$tmp/$name.err"
 }
-run pvh --cmdline "$base" --log debug
-run linux64 --cmdline "$base" --boot-protocol linux64 --log debug
+if [ "$arch" = x86_64 ]; then
+    run pvh --cmdline "$base" --log debug
+    run linux64 --cmdline "$base" --boot-protocol linux64 --log debug
+else
+    # init powers off (PSCI SYSTEM_OFF) unless told to reboot (SYSTEM_RESET).
+    run poweroff --cmdline "$base" --log debug
+    run reboot --cmdline "$base -- reboot"
+    # The x86 entry protocols are refused as configuration errors.
+    run pvh --cmdline "$base" --boot-protocol pvh
+fi
 run smp --cmdline "$base" --vcpus 2
 run panic --cmdline "$base -- panic"
 # The virtio devices, driven by the guest's own drivers.

@@ -1,11 +1,14 @@
 /* PID 1 of the boot test's guest: writes the boot-time marker (byte 123 at
- * 0xd0000000, through /dev/mem), prints its uptime on the console, and
- * reboots, which ends moat-vmm with status 0. Init arguments (after " -- " on
- * the kernel command line): "panic" exits instead, so the kernel panics;
- * "cpuinfo" prints /proc/cpuinfo first; "devices" exercises the virtio devices
- * first: 16 bytes of /dev/hwrng, the text at the start of /dev/vda, and a
- * virtio-fs share tagged "share" (reads hello.txt, writes from-guest.txt).
- * Test-only; built with gcc -static. */
+ * moat-vmm's marker address, through /dev/mem), prints its uptime on the
+ * console, and ends the VM, which ends moat-vmm with status 0: x86_64 reboots
+ * (the guest has no ACPI to power off with), arm64 powers off through PSCI.
+ * Init arguments (after " -- " on the kernel command line): "panic" exits
+ * instead, so the kernel panics; "reboot" reboots on arm64 too (PSCI
+ * SYSTEM_RESET); "cpuinfo" prints /proc/cpuinfo first; "devices" exercises the
+ * virtio devices first: 16 bytes of /dev/hwrng, the text at the start of
+ * /dev/vda, and a virtio-fs share tagged "share" (reads hello.txt, writes
+ * from-guest.txt). Test-only; built with gcc -static (aarch64-linux-gnu-gcc for
+ * arm64). */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -17,7 +20,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* moat-vmm's arch/{x86_64,aarch64}/layout.rs BOOT_MARKER_START. */
+#if defined(__x86_64__)
 #define BOOT_MARKER_ADDR 0xd0000000UL
+#elif defined(__aarch64__)
+#define BOOT_MARKER_ADDR 0x40000000UL
+#else
+#error "no boot marker address for this architecture"
+#endif
 
 /* Reads up to len-1 bytes of path into buf as a string; "" on failure. */
 static void read_text(const char *path, char *buf, size_t len) {
@@ -112,6 +122,9 @@ int main(int argc, char **argv) {
     }
     if (argc > 1 && strcmp(argv[1], "panic") == 0) return 1;
     sync();
+#if defined(__aarch64__)
+    if (!(argc > 1 && strcmp(argv[1], "reboot") == 0)) reboot(RB_POWER_OFF);
+#endif
     reboot(RB_AUTOBOOT);
     return 0;
 }

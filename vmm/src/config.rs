@@ -52,7 +52,8 @@ fn default_request_queues() -> u16 {
     1
 }
 
-/// How the kernel is entered.
+/// How the kernel is entered (x86_64; an arm64 Image has one entry, so aarch64
+/// refuses anything but `auto`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum BootProtocolChoice {
@@ -279,7 +280,8 @@ pub struct VmConfig {
     pub vcpus: u8,
     #[serde(default = "default_memory_mib")]
     pub memory_mib: u32,
-    /// ELF `vmlinux`. Required, from the file or `--kernel`.
+    /// ELF `vmlinux` (x86_64) or arm64 `Image` (aarch64). Required, from the
+    /// file or `--kernel`.
     #[serde(default)]
     pub kernel: Option<PathBuf>,
     #[serde(default)]
@@ -688,7 +690,7 @@ mod tests {
             (VmConfig { vcpus: 0, ..base() }, "vcpus"),
             (
                 VmConfig {
-                    vcpus: 33,
+                    vcpus: arch::MAX_VCPUS + 1,
                     ..base()
                 },
                 "vcpus",
@@ -879,7 +881,7 @@ mod tests {
             ),
             (
                 VmConfig {
-                    disks: (0..20)
+                    disks: (0..=arch::layout::MAX_VIRTIO_DEVICES)
                         .map(|i| format!("path=/d{i}").parse().unwrap())
                         .collect(),
                     ..base()
