@@ -30,6 +30,9 @@ pub struct Artifacts {
     pub ref_initrd: PathBuf,
     /// Where runs keep their files: `MOAT_TEST_RUNS`, default `build/test-runs`.
     pub runs_dir: PathBuf,
+    /// The guest initramfs with moat-agent as `/init` (`make initrd`):
+    /// `MOAT_AGENT_INITRD`, default `build/initrd/agent.cpio`.
+    pub agent_initrd: PathBuf,
 }
 
 impl Artifacts {
@@ -53,6 +56,7 @@ impl Artifacts {
             bin_dir: pick("MOAT_BIN_DIR", build.join("bin")),
             ref_initrd: pick("MOAT_REF_INITRD", testhost_dir.join("ref-initrd.cpio")),
             runs_dir: pick("MOAT_TEST_RUNS", build.join("test-runs")),
+            agent_initrd: pick("MOAT_AGENT_INITRD", build.join("initrd/agent.cpio")),
             testhost_dir,
             root,
         }
@@ -80,6 +84,16 @@ impl Artifacts {
             "static binary",
             "MOAT_BIN_DIR",
             "make static",
+        )
+    }
+
+    /// The agent's initramfs, if built.
+    pub fn agent_initrd(&self) -> Result<PathBuf, ArtifactError> {
+        exists(
+            &self.agent_initrd,
+            "agent initramfs",
+            "MOAT_AGENT_INITRD",
+            "make initrd",
         )
     }
 
@@ -122,6 +136,7 @@ mod tests {
         assert!(a.guest_kernel.ends_with("build/kernel/x86_64/vmlinux"));
         assert!(a.bin_dir.ends_with("build/bin"));
         assert!(a.ref_initrd.ends_with("build/testhost/ref-initrd.cpio"));
+        assert!(a.agent_initrd.ends_with("build/initrd/agent.cpio"));
         assert!(a.script("run.sh").ends_with("tests/kvm-host/run.sh"));
     }
 

@@ -227,15 +227,31 @@ fn relative_paths_are_made_absolute() {
 
 #[test]
 fn vmm_exiting_before_its_socket_is_a_clear_error() {
+    let f = fixture("early-exit");
+    let state = f.cfg.state_dir.clone();
+    let err = Sandbox::start(f.cfg).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "start sandbox c1: moat-vmm exited with status 2 before its vsock socket appeared: \
+         moat-vmm: virtio-fs moat: share /upper: No such file or directory (os error 2)"
+    );
+    assert!(!state.exists());
+}
+
+#[test]
+fn a_missing_kernel_is_a_clear_error() {
     let mut f = fixture("ok");
     f.cfg.kernel = f.dir.path().join("missing-vmlinux");
     let state = f.cfg.state_dir.clone();
     let err = Sandbox::start(f.cfg).unwrap_err().to_string();
+    // The socket exists for a moment before the kernel is opened; whether the
+    // sandbox saw it decides the step named.
+    let after_socket = "start sandbox c1: moat-vmm exited with status 2 before the agent \
+                        answered: moat-vmm: open kernel ";
+    let before_socket = "start sandbox c1: moat-vmm exited with status 2 before its vsock \
+                         socket appeared: moat-vmm: open kernel ";
     assert!(
-        err.starts_with(
-            "start sandbox c1: moat-vmm exited with status 2 before its vsock socket appeared: \
-             moat-vmm: load kernel "
-        ),
+        err.starts_with(after_socket) || err.starts_with(before_socket),
         "{err}"
     );
     assert!(
@@ -478,12 +494,11 @@ mod fake {
                 return 2;
             }
         };
-        eprintln!("   0.001s DEBUG vm and guest memory ready elapsed_us=900");
-        let kernel = cfg.kernel.clone().unwrap();
-        if !kernel.exists() {
+        // As moat-vmm: devices (the vsock socket among them) come first, then the
+        // kernel is loaded.
+        if mode == "early-exit" {
             eprintln!(
-                "moat-vmm: load kernel {}: No such file or directory (os error 2)",
-                kernel.display()
+                "moat-vmm: virtio-fs moat: share /upper: No such file or directory (os error 2)"
             );
             return 2;
         }
@@ -502,6 +517,15 @@ mod fake {
                 .unwrap(),
         ));
         let listener = UnixListener::bind(&cfg.vsock.as_ref().unwrap().uds_path).unwrap();
+        eprintln!("   0.001s DEBUG vm and guest memory ready elapsed_us=900");
+        let kernel = cfg.kernel.clone().unwrap();
+        if !kernel.exists() {
+            eprintln!(
+                "moat-vmm: open kernel {}: No such file or directory (os error 2)",
+                kernel.display()
+            );
+            return 2;
+        }
         eprintln!("   0.002s DEBUG vcpus started elapsed_us=1500");
         eprintln!("moat-vmm: boot-marker 2500 us");
         writeln!(
