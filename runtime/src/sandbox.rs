@@ -740,7 +740,26 @@ impl Sandbox {
         self.timings.exited = None;
         let (_pid, create_us) = self.call("create", |c| c.create(request))?;
         self.timings.agent_create_us = Some(create_us);
+        let result = self.run_created(&id, stdio, io);
+        if result.is_err() && self.reaped.is_none() {
+            // Best effort, so a later run can create the container again.
+            if let Some(client) = self.client.as_mut() {
+                if let Err(e) = client.delete(&id, true) {
+                    tracing::debug!(container = %id, error = %e, "delete after a failed run");
+                }
+            }
+        }
+        result
+    }
 
+    /// [`Sandbox::run`] once the container exists: attach, start, wait, delete.
+    fn run_created(
+        &mut self,
+        id: &str,
+        stdio: StdioConfig,
+        io: RunIo<'_>,
+    ) -> Result<ContainerExit, RunError> {
+        let id = id.to_owned();
         let sock = self.cfg.path("vsock.sock");
         let first_output = OnceLock::new();
         let RunIo {
@@ -1088,10 +1107,11 @@ fn create_state_dir(cfg: &SandboxConfig) -> Result<(), StartError> {
         ("upper/work", 0o700),
     ] {
         let path = cfg.path(dir);
-        DirBuilder::new()
-            .mode(mode)
-            .create(&path)
-            .map_err(err("create", &path))?;
+        if let Err(e) = DirBuilder::new().mode(mode).create(&path) {
+            // Ours, just created: nothing else is in it.
+            let _ = fs::remove_dir_all(&cfg.state_dir);
+            return Err(err("create", &path)(e));
+        }
     }
     Ok(())
 }

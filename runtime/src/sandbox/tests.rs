@@ -12,8 +12,9 @@ use std::os::unix::net::UnixListener;
 use std::sync::{Arc, Condvar, Mutex};
 
 use moat_agent::protocol::{
-    read_frame, write_frame, write_json, Channel, ExitStatus, Hello, HelloReply, Outcome, Request,
-    RequestFrame, Response, ResponseFrame, MAX_CONTROL_FRAME, MAX_DATA_FRAME,
+    read_frame, write_frame, write_json, Channel, ErrorCode, ExitStatus, Hello, HelloReply,
+    Outcome, Request, RequestFrame, Response, ResponseFrame, WireError, MAX_CONTROL_FRAME,
+    MAX_DATA_FRAME,
 };
 
 /// Not a test: the fake VMM's entry point, run in a child process by the
@@ -291,6 +292,25 @@ fn an_agent_that_never_answers_times_out() {
 }
 
 #[test]
+fn a_failed_run_leaves_no_container_behind() {
+    let f = fixture("ok");
+    let mut sb = Sandbox::start(f.cfg.clone()).unwrap();
+    // start fails with both output streams attached: the run ends (the pumps
+    // are cut loose) and the container is deleted, so the next run can create
+    // it again.
+    let (r, ..) = run_capture(&mut sb, &["nostart"], None);
+    let msg = r.unwrap_err().to_string();
+    assert_eq!(
+        msg,
+        "run in sandbox c1: start: agent: internal error: start container c1: exec failed"
+    );
+    let (r, out, _) = run_capture(&mut sb, &["echo", "again"], None);
+    assert_eq!(r.unwrap().code, 0);
+    assert_eq!(out, b"again\n");
+    sb.stop().unwrap();
+}
+
+#[test]
 fn stop_kills_a_vmm_that_does_not_exit() {
     let mut f = fixture("ignore-shutdown");
     f.cfg.stop_timeout = Duration::from_millis(300);
@@ -475,6 +495,10 @@ mod fake {
 
     #[derive(Default)]
     struct St {
+        /// Counts creates: a stream of an earlier container ends quietly.
+        generation: u64,
+        /// A container exists (created, not deleted).
+        exists: bool,
         args: Vec<String>,
         started: bool,
         stdin_wanted: bool,
@@ -591,7 +615,18 @@ mod fake {
                     let args = req.spec.process().as_ref().unwrap().args().clone().unwrap();
                     assert_eq!(req.rootfs.unwrap().upper, "/mnt/moat/upper/diff");
                     let mut st = lock.lock().unwrap();
+                    if st.exists {
+                        reply_error(
+                            &mut conn,
+                            frame.id,
+                            ErrorCode::AlreadyExists,
+                            "container c1: already exists",
+                        );
+                        continue;
+                    }
                     *st = St {
+                        generation: st.generation + 1,
+                        exists: true,
                         args,
                         stdin_wanted: req.stdio.stdin,
                         expected: usize::from(req.stdio.stdout) + usize::from(req.stdio.stderr),
@@ -610,7 +645,17 @@ mod fake {
                     }
                 }
                 Request::Start { .. } => {
-                    lock.lock().unwrap().started = true;
+                    let mut st = lock.lock().unwrap();
+                    if st.args[0] == "nostart" {
+                        reply_error(
+                            &mut conn,
+                            frame.id,
+                            ErrorCode::Internal,
+                            "start container c1: exec failed",
+                        );
+                        continue;
+                    }
+                    st.started = true;
                     cv.notify_all();
                     Response::Started { agent_us: 500 }
                 }
@@ -627,7 +672,11 @@ mod fake {
                     };
                     Response::Exited(ExitStatus::exited(code))
                 }
-                Request::Delete { .. } => Response::Deleted,
+                Request::Delete { .. } => {
+                    lock.lock().unwrap().exists = false;
+                    cv.notify_all();
+                    Response::Deleted
+                }
                 Request::Shutdown => {
                     write_json(
                         &mut conn,
@@ -656,6 +705,17 @@ mod fake {
         }
     }
 
+    fn reply_error(conn: &mut UnixStream, id: u64, code: ErrorCode, message: &str) {
+        write_json(
+            conn,
+            &ResponseFrame {
+                id,
+                outcome: Outcome::Error(WireError::new(code, message)),
+            },
+        )
+        .unwrap();
+    }
+
     fn stdin(mut conn: UnixStream, shared: &Shared) {
         let mut data = Vec::new();
         while let Ok(Some(frame)) = read_frame(&mut conn, MAX_DATA_FRAME) {
@@ -671,11 +731,17 @@ mod fake {
 
     fn output(mut conn: UnixStream, shared: &Shared, kind: StreamKind) {
         let (lock, cv) = &**shared;
+        let generation = lock.lock().unwrap().generation;
         let st = cv
             .wait_while(lock.lock().unwrap(), |s| {
-                !s.started || (s.stdin_wanted && s.stdin.is_none()) || s.args[0] == "die"
+                s.generation == generation
+                    && s.exists
+                    && (!s.started || (s.stdin_wanted && s.stdin.is_none()) || s.args[0] == "die")
             })
             .unwrap();
+        if st.generation != generation || !st.exists {
+            return; // its container is gone
+        }
         let data: Vec<u8> = match (st.args[0].as_str(), kind) {
             ("echo", StreamKind::Stdout) => format!("{}\n", st.args[1..].join(" ")).into_bytes(),
             ("fail", StreamKind::Stdout) => b"out\n".to_vec(),
