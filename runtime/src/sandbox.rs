@@ -738,6 +738,8 @@ impl Sandbox {
         self.timings.create_sent = Some(Instant::now());
         self.timings.first_output = None;
         self.timings.exited = None;
+        self.timings.agent_create_us = None;
+        self.timings.agent_start_us = None;
         let (_pid, create_us) = self.call("create", |c| c.create(request))?;
         self.timings.agent_create_us = Some(create_us);
         let result = self.run_created(&id, stdio, io);

@@ -222,15 +222,15 @@ fn run(cli: &Cli) -> Result<i32, String> {
     let t_stop = Instant::now();
     let stopped = sandbox.stop().map_err(|e| e.to_string());
     let stop_took = t_stop.elapsed();
+    let signalled = STOP_SIGNAL.load(Ordering::SeqCst);
+    if signalled != 0 {
+        eprintln!("moat-demo: stopped by signal {signalled}");
+        return Ok(128 + signalled);
+    }
     let exit = ran.map_err(|e| e.to_string())?;
     let stopped = stopped?;
     summary(exit, &timings, &stopped, stop_took);
-    let signalled = STOP_SIGNAL.load(Ordering::SeqCst);
-    Ok(if signalled != 0 {
-        128 + signalled
-    } else {
-        exit.code
-    })
+    Ok(exit.code)
 }
 
 /// `moat-vmm` next to this program, else from `PATH`.
