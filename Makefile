@@ -1,7 +1,7 @@
 # moat: two commands.
-#   make demo   boot the guest kernel (today: under the reference VMM in the test host)
+#   make demo   run a container in a moat microVM (in the test host where KVM is nested)
 #   make test   fmt, clippy (x86_64 and arm64), unit tests, then the end-to-end tier
-# Also: deps, kernel [ARCH=x86_64|arm64], static, static-arm64, testhost,
+# Also: deps, kernel [ARCH=x86_64|arm64], static, static-arm64, initrd, testhost,
 # testhost-arm64, check-arm64, e2e-arm64, bench.
 # Expensive artifacts are cached under ~/.cache/moat/, keyed by their inputs.
 
@@ -17,8 +17,10 @@ CARGO ?= cargo
 # Static binaries for the test host and the guest. The explicit --target keeps
 # RUSTFLAGS away from build scripts and proc-macros.
 STATIC_TARGET := x86_64-unknown-linux-gnu
-STATIC_PACKAGES := -p moat-vmm -p moat-agent -p moat-tests
-STATIC_BINS := moat-vmm moat-agent moat-kvm-smoke
+STATIC_PACKAGES := -p moat-vmm -p moat-agent -p moat-runtime -p moat-tests
+STATIC_BINS := moat-vmm moat-agent moat-kvm-smoke moat-demo moat-sandbox-check
+# The guest initramfs: the static agent as /init (agent/mkinitramfs.sh).
+INITRD := $(BUILD)/initrd/agent.cpio
 # The arm64 VMM, cross-built (linker in .cargo/config.toml), for the arm64 e2e test.
 ARM64_TARGET := aarch64-unknown-linux-gnu
 
@@ -47,15 +49,16 @@ E2E_ENV := MOAT_E2E_REQUIRED=1 \
 	MOAT_REF_INITRD=$(BUILD)/testhost/ref-initrd.cpio \
 	MOAT_GUEST_KERNEL_ARM64=$(BUILD)/kernel/arm64/Image \
 	MOAT_BIN_DIR_ARM64=$(BUILD)/bin-arm64 \
-	MOAT_TESTHOST_ARM64_DIR=$(BUILD)/testhost-arm64
+	MOAT_TESTHOST_ARM64_DIR=$(BUILD)/testhost-arm64 \
+	MOAT_AGENT_INITRD=$(INITRD)
 
-.PHONY: help deps kernel kernel-arm64 static static-arm64 testhost testhost-arm64 \
+.PHONY: help deps kernel kernel-arm64 static static-arm64 initrd testhost testhost-arm64 \
 	test unit unit-arm64 e2e e2e-arm64 lint check-arm64 demo bench
 
 help:
-	@echo "make demo    boot the guest kernel and print its console"
+	@echo "make demo    run a container in a moat microVM [DEMO_ARGS='sh -c \"uname -a\"']"
 	@echo "make test    fmt + clippy + unit tests + end-to-end tests (MOAT_E2E_REQUIRED=1)"
-	@echo "make deps | kernel [ARCH=arm64] | static | static-arm64 | testhost | testhost-arm64"
+	@echo "make deps | kernel [ARCH=arm64] | static | static-arm64 | initrd | testhost | testhost-arm64"
 	@echo "make check-arm64 (cross build + clippy) | unit-arm64 | e2e-arm64 | bench"
 
 # --- deps: idempotent; fast once the stamp for this package list exists -------
@@ -132,6 +135,19 @@ static-arm64:
 	mv $(BUILD)/bin-arm64/moat-vmm.tmp $(BUILD)/bin-arm64/moat-vmm
 	@echo "static-arm64: $(BUILD)/bin-arm64/moat-vmm"
 
+# --- initrd: the agent's initramfs, rebuilt only when the agent binary (or the
+# script) changed: the key is their sha256, kept beside the archive.
+initrd: static
+	@mkdir -p $(dir $(INITRD)); \
+	key=$$(cat $(BUILD)/bin/moat-agent agent/mkinitramfs.sh | sha256sum | cut -c1-16); \
+	if [ -f $(INITRD) ] && [ "$$(cat $(INITRD).key 2>/dev/null)" = "$$key" ]; then \
+		echo "initrd: $(INITRD) cached (agent $$key)"; \
+	else \
+		agent/mkinitramfs.sh $(INITRD).tmp $(BUILD)/bin/moat-agent; \
+		mv $(INITRD).tmp $(INITRD); echo "$$key" >$(INITRD).key; \
+		echo "initrd: $(INITRD) built (agent $$key)"; \
+	fi
+
 # --- nested KVM test host (kernel, modules, busybox initramfs, QEMU bundle) --
 testhost:
 	tests/kvm-host/build.sh --qemu $(BUILD)/testhost
@@ -160,7 +176,7 @@ unit:
 # End-to-end tests (tests/*.rs): one at a time, they boot VMs on 2 shared cores.
 # The arm64 boot test (tests/vmm_boot_arm64.rs, about a minute in the nested
 # arm64 test host) is among them.
-e2e: kernel kernel-arm64 static static-arm64 testhost testhost-arm64
+e2e: kernel kernel-arm64 static static-arm64 initrd testhost testhost-arm64
 	@echo "e2e: tier $$(tests/kvm-host/probe 2>&1 | paste -sd' ')"
 	$(E2E_ENV) $(CARGO) test -p moat-tests --tests -- --test-threads=1
 	$(MAKE) unit-arm64
@@ -197,21 +213,26 @@ test: deps
 	$(MAKE) unit
 	$(MAKE) e2e
 
-# --- demo: until the runtime exists, the guest kernel under the reference VMM
-# (QEMU -M pc: -M microvm is faster but now and then stalls ~100 s in the test host).
-demo: deps kernel testhost
+# --- demo: moat-demo imports the bundled busybox-static image into a fresh image
+# store and runs DEMO_ARGS (default: echo hello from a moat microVM) in one
+# microVM (moat-vmm + guest kernel + agent initramfs). Nested tier: inside the
+# test host (one test-host boot, one VM boot); direct tier: here.
+DEMO_ARGS ?=
+demo: deps kernel static initrd testhost
 	@tier=$$(tests/kvm-host/probe); \
-	echo "demo: booting build/kernel/x86_64/vmlinux to a static /init ($$tier tier)"; \
+	echo "demo: a container in a moat microVM ($$tier tier)"; \
 	if [ "$$tier" = nested ]; then \
-		tests/kvm-host/run.sh --qemu --timeout 300 \
+		echo "demo: inside the nested test host (QEMU TCG): timings are emulated, read them as shares"; \
+		tests/kvm-host/run.sh --timeout 300 \
 			--add $(BUILD)/kernel/x86_64/vmlinux:/demo/vmlinux \
-			--add $(BUILD)/testhost/ref-initrd.cpio:/demo/initrd.cpio \
-			--add tests/kvm-host/ref-boot.sh:/demo/ref-boot.sh \
-			--env MOAT_REF_APPEND= \
-			-- /demo/ref-boot.sh /demo/vmlinux /demo/initrd.cpio 1 pc; \
+			--add $(INITRD):/demo/agent.cpio \
+			--add $(BUILD)/bin/moat-vmm:/demo/moat-vmm \
+			--add $(BUILD)/bin/moat-demo:/demo/moat-demo \
+			-- /demo/moat-demo --kernel /demo/vmlinux --initrd /demo/agent.cpio \
+			--vmm /demo/moat-vmm $(DEMO_ARGS); \
 	else \
-		MOAT_REF_APPEND= tests/kvm-host/ref-boot.sh $(BUILD)/kernel/x86_64/vmlinux \
-			$(BUILD)/testhost/ref-initrd.cpio 1 pc; \
+		$(BUILD)/bin/moat-demo --kernel $(BUILD)/kernel/x86_64/vmlinux --initrd $(INITRD) \
+			--vmm $(BUILD)/bin/moat-vmm $(DEMO_ARGS); \
 	fi
 
 # --- bench: real measurements, 3 runs each -----------------------------------

@@ -37,6 +37,9 @@ pub struct Artifacts {
     pub testhost_arm64_dir: PathBuf,
     /// Where runs keep their files: `MOAT_TEST_RUNS`, default `build/test-runs`.
     pub runs_dir: PathBuf,
+    /// The guest initramfs with moat-agent as `/init` (`make initrd`):
+    /// `MOAT_AGENT_INITRD`, default `build/initrd/agent.cpio`.
+    pub agent_initrd: PathBuf,
 }
 
 impl Artifacts {
@@ -63,6 +66,7 @@ impl Artifacts {
             bin_dir_arm64: pick("MOAT_BIN_DIR_ARM64", build.join("bin-arm64")),
             testhost_arm64_dir: pick("MOAT_TESTHOST_ARM64_DIR", build.join("testhost-arm64")),
             runs_dir: pick("MOAT_TEST_RUNS", build.join("test-runs")),
+            agent_initrd: pick("MOAT_AGENT_INITRD", build.join("initrd/agent.cpio")),
             testhost_dir,
             root,
         }
@@ -113,6 +117,16 @@ impl Artifacts {
         )
     }
 
+    /// The agent's initramfs, if built.
+    pub fn agent_initrd(&self) -> Result<PathBuf, ArtifactError> {
+        exists(
+            &self.agent_initrd,
+            "agent initramfs",
+            "MOAT_AGENT_INITRD",
+            "make initrd",
+        )
+    }
+
     /// The reference-boot initramfs, if built.
     pub fn ref_initrd(&self) -> Result<PathBuf, ArtifactError> {
         exists(
@@ -152,6 +166,7 @@ mod tests {
         assert!(a.guest_kernel.ends_with("build/kernel/x86_64/vmlinux"));
         assert!(a.bin_dir.ends_with("build/bin"));
         assert!(a.ref_initrd.ends_with("build/testhost/ref-initrd.cpio"));
+        assert!(a.agent_initrd.ends_with("build/initrd/agent.cpio"));
         assert!(a.script("run.sh").ends_with("tests/kvm-host/run.sh"));
         assert!(a.guest_kernel_arm64.ends_with("build/kernel/arm64/Image"));
         assert!(a.bin_dir_arm64.ends_with("build/bin-arm64"));
