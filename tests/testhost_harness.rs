@@ -1,10 +1,11 @@
 //! The nested test host's plumbing: a command's stdout, stderr and exit status
 //! come back apart and unmixed with kernel messages, added files and the
-//! environment arrive, and a hung command is cut off and reported.
+//! environment arrive, and a hung command is cut off and reported; the arm64
+//! test host is an arm64 machine with a working `/dev/kvm`.
 
 use std::time::Duration;
 
-use moat_tests::{skip, HarnessError, TestHost, Tier};
+use moat_tests::{host_for_arch_or_skip, skip, GuestArch, HarnessError, TestHost, Tier};
 
 fn nested_or_skip(test: &str) -> Option<TestHost> {
     let mut input = moat_tests::gather();
@@ -66,4 +67,30 @@ fn hung_command_times_out_and_is_reported() {
         .unwrap_err();
     assert!(matches!(err, HarnessError::Timeout { .. }), "{err}");
     assert!(start.elapsed() < Duration::from_secs(60));
+}
+
+#[test]
+fn arm64_test_host_is_arm64_with_kvm() {
+    let test = "arm64_test_host_is_arm64_with_kvm";
+    let Some(host) = host_for_arch_or_skip(test, GuestArch::Arm64) else {
+        return;
+    };
+    assert_eq!(host.arch(), GuestArch::Arm64);
+    let out = host
+        .env("MOAT_TEST_VALUE", "arm")
+        .run(&[
+            "sh",
+            "-c",
+            "uname -m; test -c /dev/kvm && test -w /dev/kvm && echo kvm-ok; \
+             echo \"$MOAT_TEST_VALUE\" >&2; exit 7",
+        ])
+        .unwrap();
+    assert_eq!(out.status, 7, "stderr: {}", out.stderr_str());
+    assert_eq!(out.stdout_str(), "aarch64\nkvm-ok\n");
+    assert_eq!(out.stderr_str(), "arm\n");
+    let console = std::fs::read_to_string(out.console_log.as_ref().unwrap()).unwrap();
+    assert!(
+        console.contains("moat-testhost: ready"),
+        "console: {console}"
+    );
 }

@@ -2,54 +2,21 @@
 //! kernel`) to a static `/init` (`tests/vmm-boot/init.c`) that writes the
 //! boot-time marker through `/dev/mem` and reboots. In the nested tier this runs
 //! inside the test host, in the direct tier here. One run covers the PVH entry,
-//! the 64-bit entry, two vCPUs, a guest panic (exit status 3), and the guest's
-//! own virtio drivers on moat-vmm's virtio-mmio transport: rng, block, a
-//! read-write and a read-only virtio-fs share (every write there fails with
-//! `EROFS`, the host's files stay as they were), and vsock both ways, 1 MiB each
-//! way on a host-initiated and on a guest-initiated connection, checked by
-//! sha256 on both ends (the host end is `moat-vsock-peer`, running beside
-//! moat-vmm).
+//! the 64-bit entry, two vCPUs, a guest panic (exit status 3), the VMM's first
+//! `KVM_RUN` before the marker, and the guest's own virtio drivers on moat-vmm's
+//! virtio-mmio transport: rng, block, a read-write and a read-only virtio-fs
+//! share (every write there fails with `EROFS`, the host's files stay as they
+//! were), and vsock both ways, 1 MiB each way on a host-initiated and on a
+//! guest-initiated connection, checked by sha256 on both ends (the host end is
+//! `moat-vsock-peer`, running beside moat-vmm).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use moat_tests::{artifact_or_skip, host_or_skip, notice, skip, Artifacts};
-
-#[path = "vmm-boot/guest.rs"]
-mod guest;
-
-/// Per case: exit status, console lines, stderr lines.
-type Cases = BTreeMap<String, (i32, Vec<String>, Vec<String>)>;
-
-fn parse_cases(stdout: &str) -> Cases {
-    let mut cases = Cases::new();
-    for line in stdout.lines() {
-        if let Some(rest) = line.strip_prefix("case ") {
-            if let Some((name, status)) = rest.split_once(" status=") {
-                let status = status.trim().parse().unwrap_or(-1);
-                cases.insert(name.to_string(), (status, Vec::new(), Vec::new()));
-            }
-        } else if let Some((name, text)) = line.split_once(" console: ") {
-            if let Some(c) = cases.get_mut(name) {
-                c.1.push(text.to_string());
-            }
-        } else if let Some((name, text)) = line.split_once(" stderr: ") {
-            if let Some(c) = cases.get_mut(name) {
-                c.2.push(text.to_string());
-            }
-        }
-    }
-    cases
-}
-
-fn marker_us(stderr: &[String]) -> Option<u64> {
-    stderr.iter().find_map(|l| {
-        l.strip_prefix("moat-vmm: boot-marker ")?
-            .strip_suffix(" us")?
-            .parse()
-            .ok()
-    })
-}
+use moat_tests::{
+    artifact_or_skip, build_boot_initrd, host_or_skip, notice, parse_boot_cases, skip, Artifacts,
+    GuestArch,
+};
 
 /// `elapsed_us` of moat-vmm's debug line `first KVM_RUN vcpu=0 elapsed_us=N`.
 fn first_kvm_run_us(stderr: &[String]) -> Option<u64> {
@@ -112,10 +79,10 @@ fn moat_vmm_boots_the_guest_kernel_to_init() {
         return;
     };
     let work = a.runs_dir.join(format!("vmm-boot-{}", std::process::id()));
-    let initrd = match guest::build_initrd(&a.root, &work) {
+    let initrd = match build_boot_initrd(&a.root, &work, GuestArch::X86_64) {
         Ok(p) => p,
         Err(e) => {
-            skip(test, &e.to_string());
+            skip(test, &e);
             return;
         }
     };
@@ -132,7 +99,7 @@ fn moat_vmm_boots_the_guest_kernel_to_init() {
             a.root.join("tests/vmm-boot/boot-matrix.sh"),
             "/boot-matrix.sh",
         )
-        .run(&["sh", "./boot-matrix.sh"])
+        .run(&["sh", "./boot-matrix.sh", "x86_64"])
         .unwrap();
     let _ = std::fs::remove_dir_all(&work);
     let stdout = out.stdout_str();
@@ -142,20 +109,19 @@ fn moat_vmm_boots_the_guest_kernel_to_init() {
         "stdout: {stdout}\nstderr: {}",
         out.stderr_str()
     );
-    let cases = parse_cases(&stdout);
+    let cases = parse_boot_cases(&stdout);
     for name in ["pvh", "linux64", "smp"] {
-        let (status, console, stderr) = cases
+        let case = cases
             .get(name)
             .unwrap_or_else(|| panic!("case {name} missing: {stdout}"));
-        let reached = console
-            .iter()
-            .find(|l| l.contains("moat-boot-test: init reached"));
-        let marker = marker_us(stderr);
+        let (status, console, stderr) = (case.status, &case.console, &case.stderr);
+        let reached = case.console_line("moat-boot-test: init reached");
+        let marker = case.marker_us();
         notice(&format!(
             "{test} ({} tier) {name}: status {status}, boot marker {marker:?} us, {reached:?}",
             out.tier
         ));
-        assert_eq!(*status, 0, "{name}: {stderr:?}\nconsole: {console:?}");
+        assert_eq!(status, 0, "{name}: {stderr:?}\nconsole: {console:?}");
         assert!(reached.is_some(), "{name}: /init not reached: {console:?}");
         assert!(marker.is_some(), "{name}: no boot-marker line: {stderr:?}");
         assert!(
@@ -169,26 +135,28 @@ fn moat_vmm_boots_the_guest_kernel_to_init() {
         ("pvh", "entering through the pvh"),
         ("linux64", "entering through the 64-bit"),
     ] {
-        let stderr = &cases[name].2;
+        let stderr = &cases[name].stderr;
         assert!(
             stderr.iter().any(|l| l.contains(entry)),
             "{name}: {stderr:?}"
         );
     }
     // The VMM's own share of boot time, on the boot marker's clock.
-    let stderr = &cases["pvh"].2;
-    let first_run = first_kvm_run_us(stderr);
+    let pvh = &cases["pvh"];
+    let first_run = first_kvm_run_us(&pvh.stderr);
     notice(&format!("{test} pvh: first KVM_RUN at {first_run:?} us"));
     assert!(
-        first_run.is_some_and(|us| us > 0 && Some(us) < marker_us(stderr)),
-        "pvh: first KVM_RUN {first_run:?} us must come before the marker: {stderr:?}"
+        first_run.is_some_and(|us| us > 0 && Some(us) < pvh.marker_us()),
+        "pvh: first KVM_RUN {first_run:?} us must come before the marker: {:?}",
+        pvh.stderr
     );
-    let smp = &cases["smp"].1;
+    let smp = &cases["smp"].console;
     assert!(smp.iter().any(|l| l.ends_with(", 2 cpus")), "smp: {smp:?}");
-    let (status, console, stderr) = cases
+    let panic = cases
         .get("panic")
         .unwrap_or_else(|| panic!("case panic missing: {stdout}"));
-    assert_eq!(*status, 3, "panic: {stderr:?}\nconsole: {console:?}");
+    let (status, console, stderr) = (panic.status, &panic.console, &panic.stderr);
+    assert_eq!(status, 3, "panic: {stderr:?}\nconsole: {console:?}");
     assert!(
         stderr
             .iter()
@@ -196,11 +164,12 @@ fn moat_vmm_boots_the_guest_kernel_to_init() {
         "panic: {stderr:?}"
     );
 
-    let (status, console, stderr) = cases
+    let devices = cases
         .get("devices")
         .unwrap_or_else(|| panic!("case devices missing: {stdout}"));
+    let (status, console, stderr) = (devices.status, &devices.console, &devices.stderr);
     notice(&format!("{test} devices: {console:?}"));
-    assert_eq!(*status, 0, "devices: {stderr:?}\nconsole: {console:?}");
+    assert_eq!(status, 0, "devices: {stderr:?}\nconsole: {console:?}");
     let line = |prefix: &str| {
         console
             .iter()
@@ -218,7 +187,7 @@ fn moat_vmm_boots_the_guest_kernel_to_init() {
         "{stdout}"
     );
     assert!(
-        marker_us(stderr).is_some(),
+        devices.marker_us().is_some(),
         "devices: no boot marker: {stderr:?}"
     );
     assert!(
@@ -288,19 +257,6 @@ fn moat_vmm_boots_the_guest_kernel_to_init() {
         assert_eq!(g.sent_sha256, h.received_sha256, "{kind}: guest to host");
         assert_eq!(h.sent_sha256, g.received_sha256, "{kind}: host to guest");
     }
-}
-
-#[test]
-fn case_output_parsing() {
-    let cases = parse_cases(
-        "case a status=0\na console: hello\na stderr: moat-vmm: boot-marker 12 us\n\
-         case b status=3\nb stderr: x\nnoise\n",
-    );
-    assert_eq!(cases["a"].0, 0);
-    assert_eq!(cases["a"].1, vec!["hello"]);
-    assert_eq!(marker_us(&cases["a"].2), Some(12));
-    assert_eq!(cases["b"].0, 3);
-    assert_eq!(marker_us(&cases["b"].2), None);
 }
 
 #[test]

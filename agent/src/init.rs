@@ -23,8 +23,9 @@ use crate::util::is_clean_absolute;
 /// there through `/dev/mem` as its first act, and the VMM logs the time since its start.
 #[cfg(target_arch = "x86_64")]
 pub const BOOT_MARKER_ADDR: u64 = 0xd000_0000;
-/// On arm64 the marker sits at the start of the VMM's MMIO region (moat-vmm's aarch64
-/// layout; keep in step with `vmm/src/arch/aarch64`).
+/// On arm64 the marker is the first page of moat-vmm's MMIO region, `BOOT_MARKER_START`
+/// in `vmm/src/arch/aarch64/layout.rs` (also described in the guest's device tree as
+/// `boot-marker@40000000`); keep the two in step.
 #[cfg(target_arch = "aarch64")]
 pub const BOOT_MARKER_ADDR: u64 = 0x4000_0000;
 

@@ -21,14 +21,11 @@
 //! test-runs directory; it uses the harness and the built artifacts.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::ExitCode;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
 use std::time::Duration;
 
-use moat_tests::{Artifacts, TestHost};
-
-#[path = "../vmm-boot/guest.rs"]
-mod guest;
+use moat_tests::{build_boot_initrd, Artifacts, GuestArch, TestHost};
 
 #[derive(Debug, thiserror::Error)]
 enum BenchError {
@@ -39,7 +36,11 @@ enum BenchError {
     #[error("{0}")]
     Harness(#[from] moat_tests::HarnessError),
     #[error("build the test guest: {0}")]
-    Guest(#[from] guest::GuestBuildError),
+    Guest(String),
+    #[error("run cc (make deps installs build-essential): {0}")]
+    SpawnCc(std::io::Error),
+    #[error("cc -static {}: {stderr}", src.display())]
+    Compile { src: PathBuf, stderr: String },
     #[error("{what} failed with status {status}: {stderr}")]
     Failed {
         what: String,
@@ -63,7 +64,7 @@ fn loadavg() -> String {
 }
 
 fn today() -> String {
-    std::process::Command::new("date")
+    Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
         .output()
         .ok()
@@ -244,6 +245,24 @@ fn round_ratios(moat: &[&Boot], other: &[&Boot], metric: Metric) -> Vec<f64> {
         .collect()
 }
 
+/// Compiles the C program `src` to the static binary `out` (bootmeter, which
+/// runs beside the VMMs in the test host).
+fn cc_static(src: &Path, out: &Path) -> Result<(), BenchError> {
+    let cc = Command::new("cc")
+        .args(["-static", "-O2", "-Wall", "-o"])
+        .arg(out)
+        .arg(src)
+        .output()
+        .map_err(BenchError::SpawnCc)?;
+    if !cc.status.success() {
+        return Err(BenchError::Compile {
+            src: src.to_path_buf(),
+            stderr: String::from_utf8_lossy(&cc.stderr).into_owned(),
+        });
+    }
+    Ok(())
+}
+
 /// Where Firecracker is: `$MOAT_FIRECRACKER`, else `~/.cache/moat/peers/firecracker`.
 fn firecracker() -> Option<PathBuf> {
     let path = match std::env::var_os("MOAT_FIRECRACKER").filter(|v| !v.is_empty()) {
@@ -259,9 +278,9 @@ fn vmm_comparison(runs: usize) -> Result<(), BenchError> {
     let kernel = a.guest_kernel()?;
     let vmm = a.static_bin("moat-vmm")?;
     let work = a.runs_dir.join(format!("bench-{}", std::process::id()));
-    let initrd = guest::build_initrd(&a.root, &work)?;
+    let initrd = build_boot_initrd(&a.root, &work, GuestArch::X86_64).map_err(BenchError::Guest)?;
     let bootmeter = work.join("bootmeter");
-    guest::cc_static(&a.root.join("tests/vmm-boot/bootmeter.c"), &bootmeter)?;
+    cc_static(&a.root.join("tests/vmm-boot/bootmeter.c"), &bootmeter)?;
     let fc = firecracker();
     let host = TestHost::new()?;
     let tier = host.tier();

@@ -28,8 +28,18 @@ pub struct Artifacts {
     /// Reference-boot initramfs: `MOAT_REF_INITRD`, default
     /// `build/testhost/ref-initrd.cpio`.
     pub ref_initrd: PathBuf,
+    /// arm64 guest kernel: `MOAT_GUEST_KERNEL_ARM64`, default
+    /// `build/kernel/arm64/Image`.
+    pub guest_kernel_arm64: PathBuf,
+    /// Static arm64 binaries: `MOAT_BIN_DIR_ARM64`, default `build/bin-arm64`.
+    pub bin_dir_arm64: PathBuf,
+    /// arm64 test host: `MOAT_TESTHOST_ARM64_DIR`, default `build/testhost-arm64`.
+    pub testhost_arm64_dir: PathBuf,
     /// Where runs keep their files: `MOAT_TEST_RUNS`, default `build/test-runs`.
     pub runs_dir: PathBuf,
+    /// The guest initramfs with moat-agent as `/init` (`make initrd`):
+    /// `MOAT_AGENT_INITRD`, default `build/initrd/agent.cpio`.
+    pub agent_initrd: PathBuf,
 }
 
 impl Artifacts {
@@ -52,7 +62,11 @@ impl Artifacts {
             guest_kernel: pick("MOAT_GUEST_KERNEL", build.join("kernel/x86_64/vmlinux")),
             bin_dir: pick("MOAT_BIN_DIR", build.join("bin")),
             ref_initrd: pick("MOAT_REF_INITRD", testhost_dir.join("ref-initrd.cpio")),
+            guest_kernel_arm64: pick("MOAT_GUEST_KERNEL_ARM64", build.join("kernel/arm64/Image")),
+            bin_dir_arm64: pick("MOAT_BIN_DIR_ARM64", build.join("bin-arm64")),
+            testhost_arm64_dir: pick("MOAT_TESTHOST_ARM64_DIR", build.join("testhost-arm64")),
             runs_dir: pick("MOAT_TEST_RUNS", build.join("test-runs")),
+            agent_initrd: pick("MOAT_AGENT_INITRD", build.join("initrd/agent.cpio")),
             testhost_dir,
             root,
         }
@@ -80,6 +94,36 @@ impl Artifacts {
             "static binary",
             "MOAT_BIN_DIR",
             "make static",
+        )
+    }
+
+    /// The arm64 guest kernel (an `Image`), if built.
+    pub fn guest_kernel_arm64(&self) -> Result<PathBuf, ArtifactError> {
+        exists(
+            &self.guest_kernel_arm64,
+            "arm64 guest kernel",
+            "MOAT_GUEST_KERNEL_ARM64",
+            "make kernel ARCH=arm64",
+        )
+    }
+
+    /// A static arm64 binary from `make static-arm64`, if built.
+    pub fn static_bin_arm64(&self, name: &str) -> Result<PathBuf, ArtifactError> {
+        exists(
+            &self.bin_dir_arm64.join(name),
+            "static arm64 binary",
+            "MOAT_BIN_DIR_ARM64",
+            "make static-arm64",
+        )
+    }
+
+    /// The agent's initramfs, if built.
+    pub fn agent_initrd(&self) -> Result<PathBuf, ArtifactError> {
+        exists(
+            &self.agent_initrd,
+            "agent initramfs",
+            "MOAT_AGENT_INITRD",
+            "make initrd",
         )
     }
 
@@ -122,7 +166,11 @@ mod tests {
         assert!(a.guest_kernel.ends_with("build/kernel/x86_64/vmlinux"));
         assert!(a.bin_dir.ends_with("build/bin"));
         assert!(a.ref_initrd.ends_with("build/testhost/ref-initrd.cpio"));
+        assert!(a.agent_initrd.ends_with("build/initrd/agent.cpio"));
         assert!(a.script("run.sh").ends_with("tests/kvm-host/run.sh"));
+        assert!(a.guest_kernel_arm64.ends_with("build/kernel/arm64/Image"));
+        assert!(a.bin_dir_arm64.ends_with("build/bin-arm64"));
+        assert!(a.testhost_arm64_dir.ends_with("build/testhost-arm64"));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::artifacts::Artifacts;
-use crate::tier::{probe, Tier};
+use crate::tier::{probe, probe_arch, GuestArch, Tier};
 
 /// Why a command could not be run to completion (its own exit status, even a
 /// failing one, is not an error).
@@ -138,6 +138,7 @@ impl Drop for RunDir {
 #[derive(Debug, Clone)]
 pub struct TestHost {
     tier: Tier,
+    arch: GuestArch,
     artifacts: Artifacts,
     adds: Vec<(PathBuf, String)>,
     envs: Vec<(String, String)>,
@@ -160,6 +161,23 @@ impl TestHost {
         }
     }
 
+    /// A host for `arch` guests in the tier [`probe_arch`] picks: the ordinary
+    /// probe for this machine's own architecture, the nested test host of `arch`
+    /// otherwise. Says on stderr which one and why.
+    pub fn for_arch(arch: GuestArch) -> Result<Self, HarnessError> {
+        let p = probe_arch(arch);
+        match p.tier {
+            Some(tier) => {
+                crate::notice(&format!("{arch} guests, tier {tier}: {}", p.reason));
+                Ok(TestHost {
+                    arch,
+                    ..Self::in_tier(tier)
+                })
+            }
+            None => Err(HarnessError::NoTier(p.reason)),
+        }
+    }
+
     /// The nested test host, whatever the probe says (for tests of the test host).
     pub fn nested() -> Self {
         Self::in_tier(Tier::Nested)
@@ -168,6 +186,7 @@ impl TestHost {
     pub fn in_tier(tier: Tier) -> Self {
         TestHost {
             tier,
+            arch: GuestArch::host(),
             artifacts: Artifacts::from_env(),
             adds: Vec::new(),
             envs: Vec::new(),
@@ -180,6 +199,11 @@ impl TestHost {
 
     pub fn tier(&self) -> Tier {
         self.tier
+    }
+
+    /// The architecture of the test host (and of the guests it boots).
+    pub fn arch(&self) -> GuestArch {
+        self.arch
     }
 
     pub fn artifacts(&self) -> &Artifacts {
@@ -216,7 +240,8 @@ impl TestHost {
     }
 
     /// Makes `qemu-system-x86_64` available to the command (the reference VMM).
-    /// In the `direct` tier it must already be installed here.
+    /// In the `direct` tier it must already be installed here. Not supported yet
+    /// in the arm64 test host (`run.sh` refuses it).
     pub fn with_qemu(mut self) -> Self {
         self.qemu = true;
         self
@@ -243,6 +268,12 @@ impl TestHost {
         let script = self.artifacts.script("run.sh");
         let mut cmd = Command::new(&script);
         cmd.env("MOAT_TESTHOST_DIR", &self.artifacts.testhost_dir)
+            .env(
+                "MOAT_TESTHOST_ARM64_DIR",
+                &self.artifacts.testhost_arm64_dir,
+            )
+            .arg("--arch")
+            .arg(self.arch.as_str())
             .arg("--out-dir")
             .arg(&run_dir.path)
             .arg("--timeout")

@@ -1,8 +1,10 @@
 //! End-to-end test harness: finds the built artifacts, probes which test tier this
 //! machine can run, and runs commands inside the nested KVM test host.
 //!
-//! Owns: artifact lookup ([`Artifacts`]), the tier probe ([`probe`]), running a
-//! command in a tier ([`TestHost`]) and the skip rule ([`host_or_skip`]). It must
+//! Owns: artifact lookup ([`Artifacts`]), the tier probe ([`probe`],
+//! [`probe_arch`] for guests of another architecture), running a command in a
+//! tier ([`TestHost`]), the skip rule ([`host_or_skip`]) and what the boot tests
+//! share (`boot.rs`). It must
 //! not build anything itself beyond what `tests/kvm-host/run.sh` does (the
 //! Makefile builds the kernel and the static binaries), and it never touches the
 //! host outside its run directories under `build/test-runs/`.
@@ -17,12 +19,16 @@
 //! prints why; with `MOAT_E2E_REQUIRED=1` (set by `make test`) it fails instead.
 
 mod artifacts;
+mod boot;
 mod host;
 mod tier;
 
 pub use artifacts::{ArtifactError, Artifacts};
+pub use boot::{build_boot_initrd, parse_boot_cases, BootCase};
 pub use host::{HarnessError, Output, TestHost};
-pub use tier::{gather, probe, probe_from, Probe, ProbeInput, Tier};
+pub use tier::{
+    gather, probe, probe_arch, probe_foreign, probe_from, GuestArch, Probe, ProbeInput, Tier,
+};
 
 use std::io::Write;
 
@@ -48,6 +54,17 @@ pub fn skip(test: &str, reason: &str) {
 /// A test host for the probed tier, or `None` after [`skip`] says why.
 pub fn host_or_skip(test: &str) -> Option<TestHost> {
     match TestHost::new() {
+        Ok(h) => Some(h),
+        Err(e) => {
+            skip(test, &e.to_string());
+            None
+        }
+    }
+}
+
+/// A test host for `arch` guests, or `None` after [`skip`] says why.
+pub fn host_for_arch_or_skip(test: &str, arch: GuestArch) -> Option<TestHost> {
+    match TestHost::for_arch(arch) {
         Ok(h) => Some(h),
         Err(e) => {
             skip(test, &e.to_string());

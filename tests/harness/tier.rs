@@ -2,9 +2,53 @@
 //! (`direct`), or must real boots go through the nested test host (`nested`)?
 //! Owns only the decision; `tests/kvm-host/probe` is the shell twin and must
 //! decide the same way.
+//!
+//! Guests of another architecture than the build machine's (arm64 guests on
+//! x86_64) have one tier only: the nested test host of their architecture, which
+//! QEMU's TCG emulates ([`probe_arch`]).
 
 use std::fmt;
 use std::path::Path;
+
+/// The architecture of the guests (and of the test host) a test needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestArch {
+    X86_64,
+    Arm64,
+}
+
+impl GuestArch {
+    /// The build machine's own architecture.
+    pub fn host() -> Self {
+        if cfg!(target_arch = "aarch64") {
+            GuestArch::Arm64
+        } else {
+            GuestArch::X86_64
+        }
+    }
+
+    /// The QEMU that runs a test host of this architecture.
+    pub fn qemu(self) -> &'static str {
+        match self {
+            GuestArch::X86_64 => "qemu-system-x86_64",
+            GuestArch::Arm64 => "qemu-system-aarch64",
+        }
+    }
+
+    /// The name the Makefile and `tests/kvm-host/*.sh` use (`--arch`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuestArch::X86_64 => "x86_64",
+            GuestArch::Arm64 => "arm64",
+        }
+    }
+}
+
+impl fmt::Display for GuestArch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Where end-to-end commands run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +130,54 @@ fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     p.metadata()
         .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Probes where tests with `arch` guests run: [`probe`] for the build machine's
+/// own architecture; for another one, [`probe_foreign`].
+pub fn probe_arch(arch: GuestArch) -> Probe {
+    if arch == GuestArch::host() {
+        return probe();
+    }
+    let forced = std::env::var("MOAT_E2E_TIER")
+        .ok()
+        .filter(|v| !v.is_empty());
+    probe_foreign(arch, forced.as_deref(), on_path(arch.qemu()))
+}
+
+/// The decision for guests of a foreign architecture: only the nested test host
+/// of that architecture can run them, and it needs its QEMU (`qemu` says
+/// whether `arch.qemu()` is installed).
+pub fn probe_foreign(arch: GuestArch, forced: Option<&str>, qemu: bool) -> Probe {
+    let host = GuestArch::host();
+    let none = |reason: String| Probe { tier: None, reason };
+    match forced {
+        Some("direct") => {
+            return none(format!(
+                "MOAT_E2E_TIER=direct, but {arch} guests cannot run directly on this {host} machine"
+            ))
+        }
+        Some("nested") | None => {}
+        Some(other) => {
+            return none(format!(
+                "MOAT_E2E_TIER={other} is neither direct nor nested"
+            ))
+        }
+    }
+    if qemu {
+        Probe {
+            tier: Some(Tier::Nested),
+            reason: format!("{arch} guests on this {host} machine: the nested {arch} test host"),
+        }
+    } else {
+        let pkg = match arch {
+            GuestArch::X86_64 => "qemu-system-x86",
+            GuestArch::Arm64 => "qemu-system-arm",
+        };
+        none(format!(
+            "{arch} guests on this {host} machine need the nested {arch} test host, and {} is not installed (make deps: {pkg})",
+            arch.qemu()
+        ))
+    }
 }
 
 /// The decision, from gathered facts.
@@ -238,6 +330,30 @@ mod tests {
             assert_eq!(shell, rust, "MOAT_E2E_TIER={forced:?}");
             assert_eq!(out.status.success(), !rust.is_empty(), "{forced:?}");
         }
+    }
+
+    #[test]
+    fn foreign_guests_only_run_nested() {
+        // On this (x86_64) machine arm64 guests go to the arm64 test host.
+        let foreign = match GuestArch::host() {
+            GuestArch::X86_64 => GuestArch::Arm64,
+            GuestArch::Arm64 => GuestArch::X86_64,
+        };
+        let p = probe_foreign(foreign, None, true);
+        assert_eq!(p.tier, Some(Tier::Nested), "{}", p.reason);
+        assert_eq!(
+            probe_foreign(foreign, Some("nested"), true).tier,
+            Some(Tier::Nested)
+        );
+        let p = probe_foreign(foreign, None, false);
+        assert_eq!(p.tier, None);
+        assert!(p.reason.contains(foreign.qemu()), "{}", p.reason);
+        let p = probe_foreign(foreign, Some("direct"), true);
+        assert_eq!(p.tier, None);
+        assert!(p.reason.contains("cannot run directly"), "{}", p.reason);
+        assert_eq!(probe_foreign(foreign, Some("sideways"), true).tier, None);
+        assert_eq!(GuestArch::Arm64.to_string(), "arm64");
+        assert_eq!(GuestArch::Arm64.qemu(), "qemu-system-aarch64");
     }
 
     #[test]

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Run one command as root inside the nested KVM test host (QEMU TCG, emulated AMD
-# CPU with SVM, so the test host has an ordinary /dev/kvm), and give back its
-# stdout, stderr and exit status.
+# CPU with SVM, so the test host has an ordinary /dev/kvm; or with --arch arm64,
+# an emulated arm64 CPU with EL2 under -M virt,virtualization=on,gic-version=3),
+# and give back its stdout, stderr and exit status.
 #
-#   tests/kvm-host/run.sh [--add SRC:DST]... [--env NAME=VALUE]... [--mem MiB]
-#                         [--cpus N] [--timeout SECS] [--qemu] [--out-dir DIR]
-#                         -- CMD [ARGS...]
+#   tests/kvm-host/run.sh [--arch x86_64|arm64] [--add SRC:DST]... [--env NAME=VALUE]...
+#                         [--mem MiB] [--cpus N] [--timeout SECS] [--qemu]
+#                         [--out-dir DIR] -- CMD [ARGS...]
 #
+#   --arch ARCH     the test host's architecture (default x86_64); arm64 looks for
+#                   its files in $MOAT_TESTHOST_ARM64_DIR (default build/testhost-arm64)
 #   --add SRC:DST   copy file or directory SRC to DST (absolute) in the test host's
 #                   writable root (tmpfs); CMD runs from /, so ./DST works too
 #   --env N=V       environment for CMD
@@ -14,6 +17,7 @@
 #   --cpus N        test-host vCPUs (default 1)
 #   --timeout SECS  wall-clock limit for the whole run (default 300)
 #   --qemu          also install QEMU (the reference VMM) in the test host
+#                   (x86_64 only)
 #   --out-dir DIR   keep the run's files in DIR: stdout, stderr, status, console.log
 #                   (default: a temporary directory, removed after a good run)
 #
@@ -23,8 +27,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-artifacts=${MOAT_TESTHOST_DIR:-$here/../../build/testhost}
-mem=2048 cpus=1 timeout_s=300 qemu_bundle=0 out_dir="" keep=0
+mem=2048 cpus=1 timeout_s=300 qemu_bundle=0 out_dir="" keep=0 arch=x86_64
 adds=() envs=()
 
 usage() {
@@ -38,6 +41,7 @@ harness_fail() {
 
 while [ $# -gt 0 ]; do
     case $1 in
+    --arch) [ $# -ge 2 ] || usage; arch=$2; shift 2 ;;
     --add) [ $# -ge 2 ] || usage; adds+=("$2"); shift 2 ;;
     --env) [ $# -ge 2 ] || usage; envs+=("$2"); shift 2 ;;
     --mem) [ $# -ge 2 ] || usage; mem=$2; shift 2 ;;
@@ -53,9 +57,16 @@ done
 for n in "$mem" "$cpus" "$timeout_s"; do
     case $n in '' | *[!0-9]*) harness_fail "not a number: $n" ;; esac
 done
+case $arch in
+x86_64) artifacts=${MOAT_TESTHOST_DIR:-$here/../../build/testhost} ;;
+arm64)
+    artifacts=${MOAT_TESTHOST_ARM64_DIR:-$here/../../build/testhost-arm64}
+    [ "$qemu_bundle" = 0 ] || harness_fail "--qemu is not supported yet with --arch arm64" ;;
+*) harness_fail "unknown --arch $arch (x86_64 or arm64)" ;;
+esac
 
 # Build or reuse the test host (cheap when nothing changed).
-build_args=()
+build_args=(--arch "$arch")
 [ "$qemu_bundle" = 1 ] && build_args+=(--qemu)
 "$here/build.sh" "${build_args[@]}" "$artifacts" >/dev/null ||
     harness_fail "building the test host failed"
@@ -121,17 +132,31 @@ host_tsc_khz() {
     fi
     [ -n "$mhz" ] && echo "$mhz * 1000 / 1" | bc
 }
-# tsc=reliable: the clocksource watchdog checks the TSC against jiffies, which
-# lose ticks under TCG on a loaded host; at load 8-10 it marked the (sound) TSC
-# unstable in each of 3 runs, and the test host then ran on 4 ms jiffies.
-tsc_khz=${MOAT_TESTHOST_TSC_KHZ:-$(host_tsc_khz || true)}
-append="console=ttyS0 panic=-1 reboot=t tsc=reliable ${MOAT_TESTHOST_APPEND:-quiet loglevel=4}"
-[ -n "$tsc_khz" ] && append="$append tsc_early_khz=$tsc_khz"
+if [ "$arch" = x86_64 ]; then
+    # tsc=reliable: the clocksource watchdog checks the TSC against jiffies,
+    # which lose ticks under TCG on a loaded host; at load 8-10 it marked the
+    # (sound) TSC unstable in each of 3 runs, and the test host then ran on
+    # 4 ms jiffies.
+    tsc_khz=${MOAT_TESTHOST_TSC_KHZ:-$(host_tsc_khz || true)}
+    append="console=ttyS0 panic=-1 reboot=t tsc=reliable ${MOAT_TESTHOST_APPEND:-quiet loglevel=4}"
+    [ -n "$tsc_khz" ] && append="$append tsc_early_khz=$tsc_khz"
+    qemu=(qemu-system-x86_64 -M microvm,x-option-roms=off,isa-serial=on,rtc=on)
+    qemu_pkg=qemu-system-x86
+    kernel=$artifacts/vmlinux
+else
+    # virtualization=on: the test host boots at EL2, so its built-in KVM works.
+    # The PL011 is ttyAMA0; PSCI SYSTEM_RESET ends QEMU under -no-reboot.
+    append="console=ttyAMA0 panic=-1 ${MOAT_TESTHOST_APPEND:-quiet loglevel=4}"
+    qemu=(qemu-system-aarch64 -M virt,virtualization=on,gic-version=3)
+    qemu_pkg=qemu-system-arm
+    kernel=$artifacts/Image
+fi
+command -v "${qemu[0]}" >/dev/null ||
+    harness_fail "${qemu[0]} not found (make deps: $qemu_pkg)"
 
 start=$(date +%s.%N)
 set +e
-timeout -k 5 "$timeout_s" qemu-system-x86_64 \
-    -M microvm,x-option-roms=off,isa-serial=on,rtc=on \
+timeout -k 5 "$timeout_s" "${qemu[@]}" \
     -accel tcg -cpu max -smp "$cpus" -m "$mem" \
     -nodefaults -no-user-config -display none -no-reboot \
     -serial "file:$out_dir/console.log" \
@@ -142,7 +167,7 @@ timeout -k 5 "$timeout_s" qemu-system-x86_64 \
     -device virtserialport,chardev=err,name=moat.stderr \
     -chardev "file,id=st,path=$out_dir/status" \
     -device virtserialport,chardev=st,name=moat.status \
-    -kernel "$artifacts/vmlinux" -initrd "$initrd" \
+    -kernel "$kernel" -initrd "$initrd" \
     -append "$append" \
     </dev/null >"$out_dir/qemu.log" 2>&1
 qemu_rc=$?

@@ -1,13 +1,14 @@
 /* PID 1 of the boot test's guest: writes the boot-time marker (byte 123 at
- * 0xd0000000, through /dev/mem), prints its uptime on the console, and
- * reboots, which ends moat-vmm with status 0. Init arguments (after " -- " on
- * the kernel command line): "panic" exits instead, so the kernel panics;
- * "cpuinfo" prints /proc/cpuinfo first; "dmesg" prints the kernel's log (with
- * its timestamps, also under "quiet"), to see where a boot spent its time;
- * "devices" exercises the virtio devices
- * first: 16 bytes of /dev/hwrng, the text at the start of /dev/vda, and a
- * virtio-fs share tagged "share" (reads hello.txt, writes from-guest.txt).
- * After "devices", options:
+ * moat-vmm's marker address, through /dev/mem), prints its uptime on the
+ * console, and ends the VM, which ends moat-vmm with status 0: x86_64 reboots
+ * (the guest has no ACPI to power off with), arm64 powers off through PSCI.
+ * Init arguments (after " -- " on the kernel command line): "panic" exits
+ * instead, so the kernel panics; "reboot" reboots on arm64 too (PSCI
+ * SYSTEM_RESET); "cpuinfo" prints /proc/cpuinfo first; "dmesg" prints the
+ * kernel's log (with its timestamps, also under "quiet"), to see where a boot
+ * spent its time; "devices" exercises the virtio devices first: 16 bytes of
+ * /dev/hwrng, the text at the start of /dev/vda, and a virtio-fs share tagged
+ * "share" (reads hello.txt, writes from-guest.txt). After "devices", options:
  *   ro=TAG                a read-only virtio-fs share: reads hello.txt, and
  *                         every kind of write there must fail with EROFS
  *   vsock=LISTEN:PEER:N   vsock with the host, both ways on two connections:
@@ -16,7 +17,8 @@
  *                         random bytes while reading what the host sends,
  *                         and print the sha256 of both directions
  * Every result is one "moat-boot-test: ..." line on the console, for the host
- * to check. Test-only; built with gcc -static. */
+ * to check. Test-only; built with gcc -static (aarch64-linux-gnu-gcc for
+ * arm64). */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -25,12 +27,13 @@
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
-#include <linux/vm_sockets.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <sys/random.h>
 #include <sys/klog.h>
 #include <sys/socket.h>
+/* After sys/socket.h, which it needs (the arm64 headers do not include it). */
+#include <linux/vm_sockets.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -40,7 +43,14 @@
 #define GRND_INSECURE 0x0004
 #endif
 
+/* moat-vmm's arch/{x86_64,aarch64}/layout.rs BOOT_MARKER_START. */
+#if defined(__x86_64__)
 #define BOOT_MARKER_ADDR 0xd0000000UL
+#elif defined(__aarch64__)
+#define BOOT_MARKER_ADDR 0x40000000UL
+#else
+#error "no boot marker address for this architecture"
+#endif
 
 /* Reads up to len-1 bytes of path into buf as a string; "" on failure. */
 static void read_text(const char *path, char *buf, size_t len) {
@@ -329,6 +339,9 @@ int main(int argc, char **argv) {
     }
     if (argc > 1 && strcmp(argv[1], "panic") == 0) return 1;
     sync();
+#if defined(__aarch64__)
+    if (!(argc > 1 && strcmp(argv[1], "reboot") == 0)) reboot(RB_POWER_OFF);
+#endif
     reboot(RB_AUTOBOOT);
     return 0;
 }

@@ -2,13 +2,16 @@
 //! recipe of small steps (Firecracker's habit):
 //!
 //! `enter_fs_sandbox` → `build_virtio_devices` → `create_vm` → `setup_memory` →
-//! `load_kernel` → `setup_irqchip` → `attach_legacy_devices` →
-//! `attach_boot_marker` → `attach_virtio_device` (each) → `configure_system` →
-//! `create_vcpus` → `start_vcpus`.
+//! `load_kernel` → `setup_irqchip` → `create_vcpus` (then `Irqchip::finish`) →
+//! `attach_legacy_devices` → `attach_boot_marker` → `attach_virtio_device`
+//! (each) → `configure_system` → `start_vcpus`.
 //!
-//! Ordering rules are stated where they bind. This module owns the order and the
-//! wiring between parts (slots, IRQs, irqfds, ioeventfds, command line); each
-//! part's own work lives in `arch`, `vstate` and `devices`.
+//! The same recipe builds x86_64 and aarch64 VMs: `arch` exports the same names
+//! for both. Ordering rules are stated where they bind; where the two
+//! architectures have different reasons for the same order, both are given. This
+//! module owns the order and the wiring between parts (slots, IRQs, irqfds,
+//! ioeventfds, the command line); each part's own work lives in `arch`, `vstate`
+//! and `devices`.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -17,13 +20,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use linux_loader::cmdline::Cmdline;
-use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::arch::{self, layout, EntryPoint, InitrdRegion, LoadedKernel};
+use crate::arch::{self, layout, EntryPoint, InitrdRegion, LoadedKernel, VirtioMmioInfo};
 use crate::config::{ConfigError, ConsoleConfig, ConsoleOutput, VmConfig};
 use crate::devices::boot_marker::BootMarker;
-use crate::devices::bus::{Bus, BusError};
+use crate::devices::bus::{Bus, BusError, Buses};
 use crate::devices::legacy::{ConsoleWriter, IrqTrigger, SerialDevice};
 use crate::devices::virtio::mmio::{MmioTransport, MmioTransportError, NOTIFY_REG_OFFSET};
 use crate::devices::virtio::{block, fs, net, rng, vsock};
@@ -165,12 +167,6 @@ pub enum AttachDeviceError {
         #[source]
         source: BusError,
     },
-    #[error("attach {device}: add to the kernel command line: {source}")]
-    Cmdline {
-        device: &'static str,
-        #[source]
-        source: linux_loader::cmdline::Error,
-    },
 }
 
 /// Why the legacy devices could not be attached.
@@ -190,7 +186,8 @@ pub enum AttachLegacyError {
     BootMarker(#[source] BusError),
 }
 
-/// Why vCPUs could not be created.
+/// Why vCPUs could not be created, or the interrupt controller not completed
+/// once they were.
 #[derive(Debug, thiserror::Error)]
 pub enum CreateVcpusError {
     #[error(transparent)]
@@ -203,6 +200,8 @@ pub enum CreateVcpusError {
     },
     #[error(transparent)]
     Configure(#[from] arch::ConfigureVcpuError),
+    #[error(transparent)]
+    FinishIrqchip(#[from] arch::IrqchipError),
 }
 
 /// Why vCPUs could not be started.
@@ -351,11 +350,11 @@ fn console_writer(
     Ok(ConsoleWriter::new(sink, !config.input, exit.clone()))
 }
 
-/// Creates the serial console and puts it, with the i8042, where the
-/// architecture wants them. Needs the irqchip (the serial's irqfd).
+/// Creates the serial console and puts it (with the i8042 on x86_64) where the
+/// architecture wants it. Needs the irqchip (the serial's irqfd).
 fn attach_legacy_devices(
     vm: &Vm,
-    pio: &mut Bus,
+    buses: &mut Buses,
     config: &VmConfig,
     exit: &ExitHandle,
 ) -> Result<Arc<Mutex<SerialDevice>>, AttachLegacyError> {
@@ -365,11 +364,12 @@ fn attach_legacy_devices(
         trigger,
         console_writer(&config.console, exit)?,
     )));
-    arch::attach_legacy_devices(vm.fd(), pio, serial.clone(), &irq, exit)?;
+    arch::attach_legacy_devices(vm.fd(), buses, serial.clone(), &irq, exit)?;
     Ok(serial)
 }
 
-/// Puts the boot-time marker at the start of the MMIO window.
+/// Puts the boot-time marker where the layout says (the first page of the MMIO
+/// window on both architectures).
 fn attach_boot_marker(mmio: &mut Bus, start: Instant) -> Result<(), AttachLegacyError> {
     mmio.insert(
         Arc::new(Mutex::new(BootMarker::new(start))),
@@ -381,17 +381,18 @@ fn attach_boot_marker(mmio: &mut Bus, start: Instant) -> Result<(), AttachLegacy
 }
 
 /// Attaches any virtio device in virtio-mmio slot `slot`: its MMIO window and
-/// IRQ from the layout, an irqfd for its interrupt, one ioeventfd per queue on
-/// `QueueNotify` (datamatch = queue index), and `virtio_mmio.device=4K@addr:irq`
-/// on the kernel command line. Needs the irqchip.
+/// IRQ from the layout, an irqfd for its interrupt, and one ioeventfd per queue
+/// on `QueueNotify` (datamatch = queue index). Returns the transport and how
+/// the guest is to be told about the device (`configure_system` does that: a
+/// command-line entry on x86_64, a device-tree node on aarch64). Needs the
+/// irqchip.
 pub fn attach_virtio_device(
     vm: &Vm,
     mem: &GuestMemory,
     mmio: &mut Bus,
-    cmdline: &mut Cmdline,
     slot: usize,
     device: Box<dyn VirtioDevice>,
-) -> Result<Arc<Mutex<MmioTransport>>, AttachDeviceError> {
+) -> Result<(Arc<Mutex<MmioTransport>>, VirtioMmioInfo), AttachDeviceError> {
     let name = device.name();
     let (addr, irq) = layout::virtio_mmio_slot(slot).ok_or(AttachDeviceError::NoSlot {
         device: name,
@@ -421,12 +422,6 @@ pub fn attach_virtio_device(
             device: name,
             source,
         })?;
-    cmdline
-        .add_virtio_mmio_device(layout::VIRTIO_MMIO_SIZE, GuestAddress(addr), irq, None)
-        .map_err(|source| AttachDeviceError::Cmdline {
-            device: name,
-            source,
-        })?;
     tracing::debug!(
         device = name,
         slot,
@@ -434,44 +429,67 @@ pub fn attach_virtio_device(
         irq,
         "virtio device attached"
     );
-    Ok(transport)
+    let info = VirtioMmioInfo {
+        addr,
+        size: layout::VIRTIO_MMIO_SIZE,
+        irq,
+    };
+    Ok((transport, info))
 }
 
-/// Creates and configures every vCPU. Needs the irqchip (LAPIC set-up) and the
-/// final guest memory contents (nothing here, but the registers point into it).
+/// vCPUs created and configured, not yet running.
+#[derive(Debug)]
+struct CreatedVcpus {
+    fds: Vec<kvm_ioctls::VcpuFd>,
+    /// What the boot information needs to know about them (aarch64: the MPIDR
+    /// KVM gave each, which the device tree lists).
+    infos: Vec<arch::VcpuBootInfo>,
+}
+
+/// Creates and configures every vCPU, then completes the interrupt controller.
+/// Needs the irqchip (x86_64: each LAPIC is set up here; aarch64: each vCPU
+/// registers its GIC redistributor as it is created).
 fn create_vcpus(
     vm: &Vm,
+    irqchip: &arch::Irqchip,
     count: u8,
     entry: EntryPoint,
-    pio: &Arc<Bus>,
-    mmio: &Arc<Bus>,
-    exit: &ExitHandle,
-) -> Result<Vec<Vcpu>, CreateVcpusError> {
-    let template = arch::CpuTemplate::from_kvm(vm.kvm())?;
-    let mut vcpus = Vec::with_capacity(usize::from(count));
+) -> Result<CreatedVcpus, CreateVcpusError> {
+    let template = arch::CpuTemplate::new(vm.kvm(), vm.fd())?;
+    let mut fds = Vec::with_capacity(usize::from(count));
+    let mut infos = Vec::with_capacity(usize::from(count));
     for id in 0..count {
         let fd = vm
             .fd()
             .create_vcpu(u64::from(id))
             .map_err(|source| CreateVcpusError::Create { vcpu: id, source })?;
-        arch::configure_vcpu(&template, &fd, id, count, entry)?;
-        vcpus.push(Vcpu::new(id, fd, pio.clone(), mmio.clone(), exit.clone()));
+        infos.push(arch::configure_vcpu(&template, &fd, id, count, entry)?);
+        fds.push(fd);
     }
-    Ok(vcpus)
+    // Ordering: on aarch64 the vGIC is initialised (KVM_DEV_ARM_VGIC_CTRL_INIT)
+    // only once every vCPU exists: the init sizes its per-vCPU state from the
+    // vCPUs present and fails while one is still being created. It must also
+    // come before any vCPU runs and before any irqfd is registered (KVM answers
+    // EAGAIN to an irqfd until the vGIC is initialised). x86_64 has nothing left
+    // to do here.
+    irqchip.finish()?;
+    Ok(CreatedVcpus { fds, infos })
 }
 
-/// Starts one thread per vCPU. If one cannot start, the others are stopped.
-/// Each logs at debug level when it first enters `KVM_RUN`, counted from
-/// `start` (the VMM process's start).
+/// Starts one thread per vCPU, each dispatching its exits to `buses`. If one
+/// cannot start, the others are stopped. Each logs at debug level when it
+/// first enters `KVM_RUN`, counted from `start` (the VMM process's start).
 fn start_vcpus(
-    vcpus: Vec<Vcpu>,
+    fds: Vec<kvm_ioctls::VcpuFd>,
+    buses: &Arc<Buses>,
     exit: &ExitHandle,
     start: Instant,
 ) -> Result<Vec<std::thread::JoinHandle<()>>, StartVcpusError> {
     vcpu::register_kick_signal().map_err(StartVcpusError::Signal)?;
-    let mut handles = Vec::with_capacity(vcpus.len());
-    for vcpu in vcpus {
-        match vcpu.report_first_run(start).start() {
+    let mut handles = Vec::with_capacity(fds.len());
+    for (id, fd) in (0u8..).zip(fds) {
+        let vcpu = Vcpu::new(id, fd, buses.clone(), exit.clone()).report_first_run(start);
+        match vcpu.start() {
             Ok(handle) => handles.push(handle),
             Err(e) => {
                 vcpu::stop_vcpus(exit, handles, Duration::from_secs(1));
@@ -529,50 +547,55 @@ pub fn build_microvm_with(
         "kernel and initrd loaded"
     );
 
-    // Ordering: the irqchip comes before any vCPU (KVM refuses to create one
-    // once vCPUs exist) and before any irqfd (an irqfd injects into it).
-    arch::setup_irqchip(vm.fd())?;
+    // Ordering: the interrupt controller comes before any vCPU and before any
+    // irqfd (an irqfd injects into it). x86_64: KVM refuses an irqchip once
+    // vCPUs exist. aarch64: the vGIC device is created and given its addresses
+    // here, before the vCPUs, so each vCPU registers its redistributor as it is
+    // created; it is completed after them (see `create_vcpus`).
+    let irqchip = arch::setup_irqchip(vm.fd(), config.vcpus)?;
+
+    // Ordering: vCPUs come before the devices. aarch64: an irqfd can only be
+    // registered once the vGIC is initialised, which needs every vCPU. x86_64
+    // does not mind either way. They run only at the end.
+    let vcpus = create_vcpus(&vm, &irqchip, config.vcpus, kernel.entry)?;
 
     let exit = ExitHandle::new();
-    let mut pio = Bus::new("pio");
-    let mut mmio = Bus::new("mmio");
-    let serial = attach_legacy_devices(&vm, &mut pio, config, &exit)?;
-    attach_boot_marker(&mut mmio, start)?;
+    let mut buses = Buses::new();
+    let serial = attach_legacy_devices(&vm, &mut buses, config, &exit)?;
+    attach_boot_marker(&mut buses.mmio, start)?;
 
-    let mut cmdline = Cmdline::try_from(config.cmdline_or_default(), arch::CMDLINE_MAX_SIZE)
-        .map_err(|e| ConfigError::Invalid {
-            field: "cmdline".into(),
-            message: e.to_string(),
+    let cmdline =
+        Cmdline::try_from(config.cmdline_or_default(), arch::CMDLINE_MAX_SIZE).map_err(|e| {
+            ConfigError::Invalid {
+                field: "cmdline".into(),
+                message: e.to_string(),
+            }
         })?;
     let mut transports = Vec::with_capacity(devices.len());
+    let mut virtio_infos = Vec::with_capacity(devices.len());
     for (slot, device) in devices.into_iter().enumerate() {
-        transports.push(attach_virtio_device(
-            &vm,
-            &mem,
-            &mut mmio,
-            &mut cmdline,
-            slot,
-            device,
-        )?);
+        let (transport, info) = attach_virtio_device(&vm, &mem, &mut buses.mmio, slot, device)?;
+        transports.push(transport);
+        virtio_infos.push(info);
     }
 
-    // Ordering: the command line is final only once every device added itself.
+    // Ordering: the boot information comes last, before any vCPU runs: it needs
+    // every device (x86_64: the command line; aarch64: the device tree) and, on
+    // aarch64, every vCPU's MPIDR, which KVM assigns at vCPU init.
     arch::configure_system(
         &mem,
         config.memory_bytes(),
         &cmdline,
-        config.vcpus,
+        &vcpus.infos,
         kernel.entry,
         initrd,
+        &virtio_infos,
     )?;
 
-    // Ordering: buses are complete and read-only from here on; vCPUs share them.
-    let pio = Arc::new(pio);
-    let mmio = Arc::new(mmio);
-    let vcpus = create_vcpus(&vm, config.vcpus, kernel.entry, &pio, &mmio, &exit)?;
-
-    // Ordering: vCPUs start last, once everything they can reach exists.
-    let handles = start_vcpus(vcpus, &exit, start)?;
+    // Ordering: buses are complete and read-only from here on; vCPUs share
+    // them. vCPUs start last, once everything they can reach exists.
+    let buses = Arc::new(buses);
+    let handles = start_vcpus(vcpus.fds, &buses, &exit, start)?;
     tracing::debug!(elapsed_us = elapsed_us(start), "vcpus started");
     Ok(Vmm::new(
         vm,

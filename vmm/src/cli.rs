@@ -28,7 +28,7 @@ pub struct Cli {
     /// Guest memory in MiB.
     #[arg(long, value_name = "MIB")]
     pub memory_mib: Option<u32>,
-    /// Guest kernel: an ELF vmlinux.
+    /// Guest kernel: an ELF vmlinux (x86_64) or an arm64 Image (aarch64).
     #[arg(long, value_name = "PATH")]
     pub kernel: Option<PathBuf>,
     /// Initramfs (cpio, optionally compressed).
@@ -37,7 +37,7 @@ pub struct Cli {
     /// Kernel command line (boot args, then init args after ` -- `).
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     pub cmdline: Option<String>,
-    /// Kernel entry.
+    /// Kernel entry (x86_64; aarch64 accepts only auto).
     #[arg(long, value_enum, value_name = "PROTOCOL")]
     pub boot_protocol: Option<BootProtocolChoice>,
     /// Serial console output: stdout, stderr, none or file:PATH.

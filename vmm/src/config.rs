@@ -1,7 +1,9 @@
 //! The VM configuration: what `--config vm.json` holds (and what the command-line
 //! flags fill in), how it is parsed (serde, unknown fields refused) and
-//! validated. Errors name the field. This module owns the configuration types
-//! only; it opens no files besides the config itself and creates no devices.
+//! validated. Errors name the field. The types also serialize, so a supervisor
+//! (moat-runtime) writes the file from them and the two sides cannot drift. This
+//! module owns the configuration types only; it opens no files besides the config
+//! itself and creates no devices.
 //!
 //! ```json
 //! {
@@ -25,7 +27,7 @@
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::arch;
 
@@ -52,8 +54,9 @@ fn default_request_queues() -> u16 {
     1
 }
 
-/// How the kernel is entered.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+/// How the kernel is entered (x86_64; an arm64 Image has one entry, so aarch64
+/// refuses anything but `auto`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum BootProtocolChoice {
     /// PVH when the kernel has the PVH note, the 64-bit entry otherwise.
@@ -66,7 +69,7 @@ pub enum BootProtocolChoice {
 }
 
 /// Where the serial console's output goes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ConsoleOutput {
     #[default]
@@ -97,7 +100,7 @@ impl FromStr for ConsoleOutput {
 }
 
 /// The serial console.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsoleConfig {
     #[serde(default)]
@@ -108,7 +111,7 @@ pub struct ConsoleConfig {
 }
 
 /// virtio-vsock, Firecracker-style hybrid: guest ports map to a Unix socket.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VsockConfig {
     pub guest_cid: u64,
@@ -116,7 +119,7 @@ pub struct VsockConfig {
 }
 
 /// One directory of a virtio-fs device, at `guest_path` inside the share.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FsMountConfig {
     pub guest_path: String,
@@ -127,7 +130,7 @@ pub struct FsMountConfig {
 
 /// A virtio-fs device: either one host directory (`path`, shared at the root)
 /// or several (`mounts`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FsConfig {
     pub tag: String,
@@ -186,7 +189,7 @@ impl FromStr for FsConfig {
 }
 
 /// A virtio-net device on a tap interface.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetConfig {
     pub tap: String,
@@ -227,7 +230,7 @@ impl FromStr for NetConfig {
 }
 
 /// A virtio-blk device on a raw image file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiskConfig {
     pub path: PathBuf,
@@ -267,19 +270,20 @@ impl FromStr for DiskConfig {
 }
 
 /// A virtio-rng device (entropy from the host's `getrandom`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RngConfig {}
 
 /// The whole VM.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
     #[serde(default = "default_vcpus")]
     pub vcpus: u8,
     #[serde(default = "default_memory_mib")]
     pub memory_mib: u32,
-    /// ELF `vmlinux`. Required, from the file or `--kernel`.
+    /// ELF `vmlinux` (x86_64) or arm64 `Image` (aarch64). Required, from the
+    /// file or `--kernel`.
     #[serde(default)]
     pub kernel: Option<PathBuf>,
     #[serde(default)]
@@ -635,6 +639,55 @@ mod tests {
     }
 
     #[test]
+    fn serialized_config_parses_back_to_itself() {
+        let cfg = VmConfig {
+            vcpus: 2,
+            memory_mib: 256,
+            kernel: Some("/k".into()),
+            initrd: Some("/i".into()),
+            cmdline: Some("console=ttyS0 moat.fs=moat:/mnt/moat".into()),
+            boot_protocol: BootProtocolChoice::Pvh,
+            console: ConsoleConfig {
+                output: ConsoleOutput::File("/c/console.log".into()),
+                input: false,
+            },
+            vsock: Some(VsockConfig {
+                guest_cid: 3,
+                uds_path: "/c/vsock.sock".into(),
+            }),
+            fs: vec![FsConfig {
+                tag: "moat".into(),
+                path: None,
+                read_only: false,
+                mounts: vec![
+                    FsMountConfig {
+                        guest_path: "/layers/0".into(),
+                        host_dir: "/l/0".into(),
+                        read_only: true,
+                    },
+                    FsMountConfig {
+                        guest_path: "/upper".into(),
+                        host_dir: "/c/upper".into(),
+                        read_only: false,
+                    },
+                ],
+                num_request_queues: 1,
+            }],
+            net: vec!["moat0,mac=02:00:00:00:00:01".parse().unwrap()],
+            disks: vec!["path=/d.img,ro,id=x".parse().unwrap()],
+            rng: Some(RngConfig {}),
+        };
+        let text = serde_json::to_string(&cfg).unwrap();
+        assert_eq!(parse(&text).unwrap(), cfg, "{text}");
+        let minimal = VmConfig {
+            kernel: Some("/k".into()),
+            ..VmConfig::default()
+        };
+        let text = serde_json::to_string(&minimal).unwrap();
+        assert_eq!(parse(&text).unwrap(), minimal, "{text}");
+    }
+
+    #[test]
     fn defaults() {
         let cfg = parse(r#"{"kernel": "/k"}"#).unwrap();
         assert_eq!((cfg.vcpus, cfg.memory_mib), (1, 128));
@@ -688,7 +741,7 @@ mod tests {
             (VmConfig { vcpus: 0, ..base() }, "vcpus"),
             (
                 VmConfig {
-                    vcpus: 33,
+                    vcpus: arch::MAX_VCPUS + 1,
                     ..base()
                 },
                 "vcpus",
@@ -879,7 +932,7 @@ mod tests {
             ),
             (
                 VmConfig {
-                    disks: (0..20)
+                    disks: (0..=arch::layout::MAX_VIRTIO_DEVICES)
                         .map(|i| format!("path=/d{i}").parse().unwrap())
                         .collect(),
                     ..base()

@@ -15,6 +15,11 @@
 //! kernel's console is `ttyS0`; and a guest that prints the banner itself can make
 //! its own exit look like a panic, which costs it nothing it could not do anyway.
 //! No pvpanic: Linux only finds that device through ACPI or a device tree.
+//!
+//! On aarch64 the guest can power off: PSCI `SYSTEM_OFF` and `SYSTEM_RESET`
+//! reach the VMM as KVM system events (power-off and reset, both clean), and a
+//! panicking kernel with `panic=-1` resets through PSCI, so the same console
+//! watch tells the panic apart.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};

@@ -7,6 +7,10 @@
 //!
 //! Without a usable `/dev/kvm` every test prints why and passes, unless
 //! `MOAT_E2E_REQUIRED=1`, which makes that a failure.
+//!
+//! x86_64 only: the guests are x86 code. aarch64 boots are tested end to end
+//! (`tests/vmm_boot_arm64.rs`).
+#![cfg(target_arch = "x86_64")]
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};

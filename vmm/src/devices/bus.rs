@@ -1,7 +1,8 @@
 //! Address-range dispatch of guest port I/O and MMIO accesses to devices. A bus
 //! owns the map from ranges to devices and nothing else: it is filled while the VM
 //! is built and is read-only once vCPUs run, so vCPU threads share it without a
-//! lock (each device has its own).
+//! lock (each device has its own). [`Buses`] holds the VM's buses: MMIO on every
+//! architecture, port I/O on x86_64 only.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -157,6 +158,31 @@ impl Bus {
             }
             None => false,
         }
+    }
+}
+
+/// The buses vCPU exits are dispatched to.
+#[derive(Debug)]
+pub struct Buses {
+    /// Port I/O (x86_64 only: other architectures have no I/O ports).
+    #[cfg(target_arch = "x86_64")]
+    pub pio: Bus,
+    pub mmio: Bus,
+}
+
+impl Buses {
+    pub fn new() -> Self {
+        Buses {
+            #[cfg(target_arch = "x86_64")]
+            pio: Bus::new("pio"),
+            mmio: Bus::new("mmio"),
+        }
+    }
+}
+
+impl Default for Buses {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

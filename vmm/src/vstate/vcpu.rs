@@ -1,5 +1,5 @@
-//! vCPU threads: the `KVM_RUN` loop, dispatch of port I/O and MMIO exits to the
-//! buses, and stopping. This module owns the threads and the kick signal; it
+//! vCPU threads: the `KVM_RUN` loop, dispatch of port I/O (x86_64) and MMIO exits
+//! to the buses, and stopping. This module owns the threads and the kick signal; it
 //! does not configure registers (that is `arch`) and does not decide what a stop
 //! means (that is `exit.rs`).
 //!
@@ -19,7 +19,8 @@ use kvm_bindings::{kvm_run, KVM_EXIT_INTERNAL_ERROR};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use crate::devices::bus::Bus;
+use crate::arch;
+use crate::devices::bus::Buses;
 use crate::devices::GuestLogLimit;
 use crate::exit::{ExitHandle, VmExit};
 
@@ -32,7 +33,8 @@ pub const VCPU_STACK_SIZE: usize = 1 << 20;
 /// Offset from `SIGRTMIN` of the signal that kicks vCPUs out of `KVM_RUN`.
 const KICK_SIGNAL_OFFSET: c_int = 0;
 
-/// KVM system event types (`kvm_run.system_event.type`).
+/// KVM system event types (`kvm_run.system_event.type`). On aarch64 they are how
+/// PSCI `SYSTEM_OFF` (shutdown) and `SYSTEM_RESET` (reset) reach the VMM.
 const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
 const KVM_SYSTEM_EVENT_RESET: u32 = 2;
 const KVM_SYSTEM_EVENT_CRASH: u32 = 3;
@@ -80,8 +82,7 @@ enum Next {
 pub struct Vcpu {
     index: u8,
     fd: VcpuFd,
-    pio: Arc<Bus>,
-    mmio: Arc<Bus>,
+    buses: Arc<Buses>,
     exit: ExitHandle,
     warn: GuestLogLimit,
     /// The VMM process's start, when the first `KVM_RUN` is to be reported.
@@ -89,12 +90,11 @@ pub struct Vcpu {
 }
 
 impl Vcpu {
-    pub fn new(index: u8, fd: VcpuFd, pio: Arc<Bus>, mmio: Arc<Bus>, exit: ExitHandle) -> Self {
+    pub fn new(index: u8, fd: VcpuFd, buses: Arc<Buses>, exit: ExitHandle) -> Self {
         Vcpu {
             index,
             fd,
-            pio,
-            mmio,
+            buses,
             exit,
             warn: GuestLogLimit::new(32),
             first_run_from: None,
@@ -142,13 +142,7 @@ impl Vcpu {
     fn run_once(&mut self) -> Next {
         let index = self.index;
         let result = match self.fd.run() {
-            Ok(exit) => Ok(handle_exit(
-                index,
-                exit,
-                &self.pio,
-                &self.mmio,
-                &mut self.warn,
-            )),
+            Ok(exit) => Ok(handle_exit(index, exit, &self.buses, &mut self.warn)),
             Err(e) => Err(e),
         };
         match result {
@@ -157,7 +151,7 @@ impl Vcpu {
                 reason: self.internal_error_details(),
             }),
             Ok(Next::Stop(VmExit::TripleFault { vcpu })) => {
-                tracing::error!(vcpu, rip = self.rip(), "triple fault");
+                tracing::error!(vcpu, ip = self.ip(), "triple fault");
                 Next::Stop(VmExit::TripleFault { vcpu })
             }
             Ok(next) => next,
@@ -175,19 +169,20 @@ impl Vcpu {
         }
     }
 
-    fn rip(&self) -> String {
-        match self.fd.get_regs() {
-            Ok(regs) => format!("{:#x}", regs.rip),
-            Err(e) => format!("unknown ({e})"),
+    /// The instruction pointer, named as the architecture names it.
+    fn ip(&self) -> String {
+        match arch::instruction_pointer(&self.fd) {
+            Ok(ip) => format!("{} {ip:#x}", arch::INSTRUCTION_POINTER),
+            Err(e) => format!("{} unknown ({e})", arch::INSTRUCTION_POINTER),
         }
     }
 
     /// Describes a `KVM_EXIT_INTERNAL_ERROR` from `kvm_run`.
     fn internal_error_details(&mut self) -> String {
-        let rip = self.rip();
+        let ip = self.ip();
         let run = self.fd.get_kvm_run();
         if run.exit_reason != KVM_EXIT_INTERNAL_ERROR {
-            return format!("kvm internal error at rip {rip}");
+            return format!("kvm internal error at {ip}");
         }
         // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so the kernel
         // filled the `internal` member of the union.
@@ -201,7 +196,7 @@ impl Vcpu {
         };
         let n = (internal.ndata as usize).min(internal.data.len());
         format!(
-            "kvm internal error: {kind} (suberror {}) at rip {rip}, data {:x?}",
+            "kvm internal error: {kind} (suberror {}) at {ip}, data {:x?}",
             internal.suberror,
             &internal.data[..n]
         )
@@ -209,24 +204,21 @@ impl Vcpu {
 }
 
 /// Handles one exit. Pure dispatch: tested without KVM.
-fn handle_exit(
-    index: u8,
-    exit: VcpuExit<'_>,
-    pio: &Bus,
-    mmio: &Bus,
-    warn: &mut GuestLogLimit,
-) -> Next {
+fn handle_exit(index: u8, exit: VcpuExit<'_>, buses: &Buses, warn: &mut GuestLogLimit) -> Next {
+    let mmio = &buses.mmio;
     match exit {
+        #[cfg(target_arch = "x86_64")]
         VcpuExit::IoIn(port, data) => {
-            if !pio.read(u64::from(port), data) {
+            if !buses.pio.read(u64::from(port), data) {
                 // Nothing there: the bus floats high, as on a PC.
                 data.fill(0xff);
                 tracing::trace!(port, len = data.len(), "port read with no device");
             }
             Next::Continue
         }
+        #[cfg(target_arch = "x86_64")]
         VcpuExit::IoOut(port, data) => {
-            if !pio.write(u64::from(port), data) {
+            if !buses.pio.write(u64::from(port), data) {
                 tracing::trace!(port, ?data, "port write with no device");
             }
             Next::Continue
@@ -342,60 +334,76 @@ mod tests {
         }
     }
 
-    fn buses() -> (Bus, Bus, Arc<Mutex<Echo>>) {
+    fn buses() -> (Buses, Arc<Mutex<Echo>>) {
         let dev = Arc::new(Mutex::new(Echo::default()));
-        let mut pio = Bus::new("pio");
-        pio.insert(dev.clone(), "echo", 0x3f8, 8).unwrap();
-        let mut mmio = Bus::new("mmio");
-        mmio.insert(dev.clone(), "echo", 0xd000_0000, 0x1000)
+        let mut buses = Buses::new();
+        #[cfg(target_arch = "x86_64")]
+        buses.pio.insert(dev.clone(), "echo", 0x3f8, 8).unwrap();
+        buses
+            .mmio
+            .insert(dev.clone(), "echo", 0xd000_0000, 0x1000)
             .unwrap();
-        (pio, mmio, dev)
+        (buses, dev)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn port_exits_reach_the_bus() {
+        let (buses, dev) = buses();
+        let mut warn = GuestLogLimit::new(4);
+        let mut data = [0u8; 1];
+        let next = handle_exit(0, VcpuExit::IoIn(0x3fd, &mut data), &buses, &mut warn);
+        assert_eq!((next, data), (Next::Continue, [6]));
+        // Unclaimed ports float high.
+        let mut data = [0u8; 2];
+        handle_exit(0, VcpuExit::IoIn(0x2f8, &mut data), &buses, &mut warn);
+        assert_eq!(data, [0xff, 0xff]);
+        handle_exit(0, VcpuExit::IoOut(0x3f8, b"x"), &buses, &mut warn);
+        assert_eq!(dev.lock().unwrap().writes, vec![(0, vec![b'x'])]);
     }
 
     #[test]
-    fn io_exits_reach_the_bus() {
-        let (pio, mmio, dev) = buses();
+    fn mmio_exits_reach_the_bus() {
+        let (buses, dev) = buses();
         let mut warn = GuestLogLimit::new(4);
-        let mut data = [0u8; 1];
-        let next = handle_exit(0, VcpuExit::IoIn(0x3fd, &mut data), &pio, &mmio, &mut warn);
-        assert_eq!((next, data), (Next::Continue, [6]));
-        // Unclaimed ports float high, unclaimed MMIO reads zero.
         let mut data = [0u8; 2];
-        handle_exit(0, VcpuExit::IoIn(0x2f8, &mut data), &pio, &mmio, &mut warn);
-        assert_eq!(data, [0xff, 0xff]);
+        let next = handle_exit(
+            0,
+            VcpuExit::MmioRead(0xd000_0004, &mut data),
+            &buses,
+            &mut warn,
+        );
+        assert_eq!((next, data), (Next::Continue, [5, 5]));
+        // Unclaimed MMIO reads zero.
         let mut data = [0xaau8; 4];
         handle_exit(
             0,
             VcpuExit::MmioRead(0xfee0_0000, &mut data),
-            &pio,
-            &mmio,
+            &buses,
             &mut warn,
         );
         assert_eq!(data, [0; 4]);
-        handle_exit(0, VcpuExit::IoOut(0x3f8, b"x"), &pio, &mmio, &mut warn);
         handle_exit(
             0,
             VcpuExit::MmioWrite(0xd000_0000, &[123]),
-            &pio,
-            &mmio,
+            &buses,
             &mut warn,
         );
-        handle_exit(0, VcpuExit::MmioWrite(0x1234, &[1]), &pio, &mmio, &mut warn);
-        assert_eq!(
-            dev.lock().unwrap().writes,
-            vec![(0, vec![b'x']), (0, vec![123])]
-        );
+        handle_exit(0, VcpuExit::MmioWrite(0x1234, &[1]), &buses, &mut warn);
+        assert_eq!(dev.lock().unwrap().writes, vec![(0, vec![123])]);
     }
 
     #[test]
     fn stopping_exits_map_to_reasons() {
-        let (pio, mmio, _) = buses();
+        let (buses, _) = buses();
         let mut warn = GuestLogLimit::new(4);
-        let mut run = |exit| handle_exit(3, exit, &pio, &mmio, &mut warn);
+        let mut run = |exit| handle_exit(3, exit, &buses, &mut warn);
         assert_eq!(
             run(VcpuExit::Shutdown),
             Next::Stop(VmExit::TripleFault { vcpu: 3 })
         );
+        // PSCI SYSTEM_RESET / SYSTEM_OFF on aarch64 arrive as these events, and
+        // end the VM as cleanly as an x86 reboot.
         assert_eq!(
             run(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, &[])),
             Next::Stop(VmExit::GuestReset)
@@ -404,6 +412,7 @@ mod tests {
             run(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, &[])),
             Next::Stop(VmExit::GuestPowerOff)
         );
+        assert_eq!(VmExit::GuestPowerOff.exit_code(), crate::exit::ExitCode::Ok);
         assert!(matches!(
             run(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_CRASH, &[])),
             Next::Stop(VmExit::GuestPanic { .. })
@@ -423,6 +432,20 @@ mod tests {
             );
         }
         assert_eq!(run(VcpuExit::Intr), Next::Continue);
+    }
+
+    /// Port I/O exits cannot happen on aarch64; should KVM report one anyway,
+    /// it stops the VM like any exit the VMM does not handle.
+    #[cfg(not(target_arch = "x86_64"))]
+    #[test]
+    fn port_exits_are_faults_without_port_io() {
+        let (buses, _) = buses();
+        let mut warn = GuestLogLimit::new(4);
+        let mut data = [0u8; 1];
+        assert!(matches!(
+            handle_exit(1, VcpuExit::IoIn(0x3f8, &mut data), &buses, &mut warn),
+            Next::Stop(VmExit::VcpuFault { vcpu: 1, .. })
+        ));
     }
 
     #[test]

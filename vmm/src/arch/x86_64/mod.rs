@@ -3,8 +3,8 @@
 //! boot protocol or PVH), boot information (e820, zero page, `hvm_start_info`,
 //! MP table), vCPU set-up (CPUID, MSRs, registers, LAPIC), the in-kernel irqchip
 //! and PIT, and where the legacy devices sit. It does not own device emulation or
-//! the vCPU run loop. Callers use the names re-exported by `arch`, which an
-//! aarch64 port exports too.
+//! the vCPU run loop. Callers use the names re-exported by `arch`, which
+//! `arch/aarch64` exports too.
 
 pub mod boot;
 pub mod cpuid;
@@ -31,8 +31,9 @@ pub use boot::InitrdRegion;
 pub use layout::{CMDLINE_MAX_SIZE, CMDLINE_START};
 pub use mptable::MAX_SUPPORTED_CPUS as MAX_VCPUS;
 
+use super::VirtioMmioInfo;
 use crate::config::BootProtocolChoice;
-use crate::devices::bus::{Bus, BusError};
+use crate::devices::bus::{BusError, Buses};
 use crate::devices::legacy::{SerialDevice, I8042};
 use crate::devices::virtio::GuestMemory;
 use crate::exit::ExitHandle;
@@ -241,6 +242,12 @@ pub fn load_initrd(
 pub enum ConfigureSystemError {
     #[error("write kernel command line: {0}")]
     Cmdline(#[source] linux_loader::loader::Error),
+    #[error("add virtio-mmio device at {addr:#x} to the kernel command line: {source}")]
+    VirtioCmdline {
+        addr: u64,
+        #[source]
+        source: linux_loader::cmdline::Error,
+    },
     #[error(transparent)]
     BootInfo(#[from] boot::BootInfoError),
     #[error(transparent)]
@@ -249,18 +256,29 @@ pub enum ConfigureSystemError {
     Mptable(#[from] mptable::MptableError),
 }
 
-/// Writes everything the kernel reads at entry: the command line, the boot
+/// Writes everything the kernel reads at entry: the command line (with one
+/// `virtio_mmio.device=<size>@<addr>:<irq>` per device in `devices`), the boot
 /// GDT/IDT (and page tables for the 64-bit entry), the zero page or the PVH start
-/// info, and the MP table.
+/// info, and the MP table for `vcpus`.
 pub fn configure_system(
     mem: &GuestMemory,
     mem_size: u64,
     cmdline: &Cmdline,
-    cpu_count: u8,
+    vcpus: &[VcpuBootInfo],
     entry: EntryPoint,
     initrd: Option<InitrdRegion>,
+    devices: &[VirtioMmioInfo],
 ) -> Result<(), ConfigureSystemError> {
-    linux_loader::loader::load_cmdline(mem, GuestAddress(CMDLINE_START), cmdline)
+    let mut cmdline = cmdline.clone();
+    for d in devices {
+        cmdline
+            .add_virtio_mmio_device(d.size, GuestAddress(d.addr), d.irq, None)
+            .map_err(|source| ConfigureSystemError::VirtioCmdline {
+                addr: d.addr,
+                source,
+            })?;
+    }
+    linux_loader::loader::load_cmdline(mem, GuestAddress(CMDLINE_START), &cmdline)
         .map_err(ConfigureSystemError::Cmdline)?;
     let cmdline_len = cmdline
         .as_cstring()
@@ -276,6 +294,8 @@ pub fn configure_system(
         }
         BootProtocol::Pvh => boot::write_pvh_start_info(mem, mem_size, initrd)?,
     }
+    // More than 255 vCPUs cannot be configured; the MP table refuses u8::MAX.
+    let cpu_count = u8::try_from(vcpus.len()).unwrap_or(u8::MAX);
     mptable::setup_mptable(mem, cpu_count)?;
     Ok(())
 }
@@ -291,10 +311,23 @@ pub enum IrqchipError {
     Pit(#[source] kvm_ioctls::Error),
 }
 
+/// The in-kernel interrupt controllers, once created.
+#[derive(Debug)]
+pub struct Irqchip(());
+
+impl Irqchip {
+    /// Completes the interrupt controllers once every vCPU exists. Nothing is
+    /// left to do on x86_64: the PIC, IOAPIC and PIT are complete at creation and
+    /// each LAPIC comes with its vCPU.
+    pub fn finish(&self) -> Result<(), IrqchipError> {
+        Ok(())
+    }
+}
+
 /// Creates the in-kernel PIC, IOAPIC and LAPICs, and the PIT. Must run before any
 /// vCPU is created (KVM refuses an irqchip once vCPUs exist) and before irqfds
-/// are registered.
-pub fn setup_irqchip(vm: &VmFd) -> Result<(), IrqchipError> {
+/// are registered. The vCPU count does not matter here.
+pub fn setup_irqchip(vm: &VmFd, _vcpu_count: u8) -> Result<Irqchip, IrqchipError> {
     // KVM on Intel needs three pages for real-mode emulation; they sit in the
     // MMIO window, never over RAM.
     vm.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
@@ -304,7 +337,8 @@ pub fn setup_irqchip(vm: &VmFd) -> Result<(), IrqchipError> {
         flags: KVM_PIT_SPEAKER_DUMMY,
         ..Default::default()
     };
-    vm.create_pit2(pit).map_err(IrqchipError::Pit)
+    vm.create_pit2(pit).map_err(IrqchipError::Pit)?;
+    Ok(Irqchip(()))
 }
 
 /// What every vCPU's CPUID is derived from.
@@ -320,7 +354,8 @@ pub struct CpuTemplate {
 pub struct CpuTemplateError(#[source] kvm_ioctls::Error);
 
 impl CpuTemplate {
-    pub fn from_kvm(kvm: &Kvm) -> Result<Self, CpuTemplateError> {
+    /// Reads KVM's supported CPUID (the VM itself is not needed on x86_64).
+    pub fn new(kvm: &Kvm, _vm: &VmFd) -> Result<Self, CpuTemplateError> {
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(CpuTemplateError)?;
@@ -365,6 +400,13 @@ pub enum ConfigureVcpuError {
     },
 }
 
+/// What the boot information needs to know about one configured vCPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VcpuBootInfo {
+    /// The vCPU's APIC ID (its index), as the MP table lists it.
+    pub apic_id: u8,
+}
+
 /// Sets a vCPU's CPUID, MSRs, registers for `entry`, and LAPIC LINT0/LINT1.
 /// Application processors get the same registers; they only run after the
 /// boot processor sends INIT/SIPI, which resets them.
@@ -374,7 +416,7 @@ pub fn configure_vcpu(
     id: u8,
     cpu_count: u8,
     entry: EntryPoint,
-) -> Result<(), ConfigureVcpuError> {
+) -> Result<VcpuBootInfo, ConfigureVcpuError> {
     let entries = cpuid::normalize(
         template.supported.as_slice(),
         id,
@@ -388,7 +430,17 @@ pub fn configure_vcpu(
     msr::setup_msrs(vcpu).map_err(|source| ConfigureVcpuError::Msrs { vcpu: id, source })?;
     regs::setup_vcpu_regs(vcpu, entry)
         .map_err(|source| ConfigureVcpuError::Regs { vcpu: id, source })?;
-    interrupts::setup_lint(vcpu).map_err(|source| ConfigureVcpuError::Lapic { vcpu: id, source })
+    interrupts::setup_lint(vcpu)
+        .map_err(|source| ConfigureVcpuError::Lapic { vcpu: id, source })?;
+    Ok(VcpuBootInfo { apic_id: id })
+}
+
+/// What the instruction pointer is called in error messages.
+pub const INSTRUCTION_POINTER: &str = "rip";
+
+/// A vCPU's instruction pointer, for error messages.
+pub fn instruction_pointer(vcpu: &VcpuFd) -> Result<u64, kvm_ioctls::Error> {
+    vcpu.get_regs().map(|regs| regs.rip)
 }
 
 /// Why the legacy devices could not be attached.
@@ -405,10 +457,10 @@ pub enum LegacyDevicesError {
 }
 
 /// Puts the serial console on COM1 (its interrupt on IRQ 4) and the i8042 on
-/// ports 0x60..0x64.
+/// ports 0x60..0x64, both on the port I/O bus.
 pub fn attach_legacy_devices(
     vm: &VmFd,
-    pio: &mut Bus,
+    buses: &mut Buses,
     serial: Arc<Mutex<SerialDevice>>,
     serial_irq: &EventFd,
     exit: &ExitHandle,
@@ -418,13 +470,13 @@ pub fn attach_legacy_devices(
             irq: layout::SERIAL_IRQ,
             source,
         })?;
-    pio.insert(
+    buses.pio.insert(
         serial,
         "serial",
         u64::from(layout::SERIAL_PORT_BASE),
         u64::from(layout::SERIAL_PORT_SIZE),
     )?;
-    pio.insert(
+    buses.pio.insert(
         Arc::new(Mutex::new(I8042::new(exit.clone()))),
         "i8042",
         u64::from(layout::I8042_PORT_BASE),
@@ -613,10 +665,17 @@ mod tests {
                 addr: GuestAddress(0x100_0000),
                 protocol,
             };
-            configure_system(&mem, 64 * MIB, &cmdline, 2, entry, None).unwrap();
-            let mut text = [0u8; 14];
+            let vcpus = [VcpuBootInfo { apic_id: 0 }, VcpuBootInfo { apic_id: 1 }];
+            let devices = [VirtioMmioInfo {
+                addr: 0xd000_1000,
+                size: 0x1000,
+                irq: 5,
+            }];
+            configure_system(&mem, 64 * MIB, &cmdline, &vcpus, entry, None, &devices).unwrap();
+            let want = b"console=ttyS0 virtio_mmio.device=4K@0xd0001000:5\0";
+            let mut text = [0u8; 49];
             vm_memory::Bytes::read_slice(&mem, &mut text, GuestAddress(CMDLINE_START)).unwrap();
-            assert_eq!(&text, b"console=ttyS0\0");
+            assert_eq!(&text, want);
             let mut mp = [0u8; 4];
             vm_memory::Bytes::read_slice(&mem, &mut mp, GuestAddress(layout::MPTABLE_START))
                 .unwrap();

@@ -1,11 +1,14 @@
-//! Legacy PC devices on the port I/O bus: the 8250 UART of the serial console and
-//! the i8042 controller, whose reset line is how a guest reboots. This module
-//! owns their emulation (on top of `vm-superio`); where they sit in the address
-//! map is `arch`'s business.
+//! Legacy devices: the 8250 UART of the serial console (on the port I/O bus on
+//! x86_64, on the MMIO bus on aarch64) and, on x86_64 only, the i8042 controller,
+//! whose reset line is how an x86 guest reboots. This module owns their emulation
+//! (on top of `vm-superio`); where they sit in the address map is `arch`'s
+//! business.
 
+#[cfg(target_arch = "x86_64")]
 pub mod i8042;
 pub mod serial;
 
+#[cfg(target_arch = "x86_64")]
 pub use i8042::I8042;
 pub use serial::{ConsoleWriter, SerialDevice};
 

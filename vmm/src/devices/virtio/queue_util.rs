@@ -581,6 +581,23 @@ pub(crate) mod testing {
         EventFd::new(libc::EFD_NONBLOCK).unwrap()
     }
 
+    /// Waits (up to 5 s) for `irq` to be signalled and returns the irqfd's count.
+    /// A device publishes a used entry before it signals, so a test that saw the
+    /// entry must still wait for the interrupt (seen to race on arm64).
+    pub fn wait_interrupt(irq: &Interrupt) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match irq.irqfd().read() {
+                Ok(n) => return n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(Instant::now() < deadline, "no interrupt within 5 s");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("read irqfd: {e}"),
+            }
+        }
+    }
+
     /// One descriptor as the test guest writes it.
     #[derive(Debug, Clone, Copy)]
     pub struct Desc {

@@ -219,7 +219,7 @@ fn write_then_read_back() {
     let mut on_disk = vec![0u8; 1024];
     f.as_file().read_exact_at(&mut on_disk, 3 * 512).unwrap();
     assert_eq!(on_disk, data);
-    assert!(irq.irqfd().read().unwrap() >= 1);
+    assert!(wait_interrupt(&irq) >= 1);
 
     drv.write(DATA + 0x10000, &[0u8; 1024]);
     assert_eq!(

@@ -437,7 +437,7 @@ fn rx_delivers_frames_with_a_clean_header() {
         }
     );
     assert_eq!(g.rx.used(0).1 as usize, VNET_HDR_LEN + frame.len());
-    assert!(irq.irqfd().read().unwrap() >= 1);
+    assert!(wait_interrupt(&irq) >= 1);
     let s = dev.stats();
     assert_eq!(stat(&s.rx_frames), 1);
     assert_eq!(stat(&s.rx_bytes), frame.len() as u64);
@@ -721,7 +721,8 @@ mod real_tap {
         ioctl(&sock, libc::SIOCGIFHWADDR, &mut ifr);
         // SAFETY: SIOCGIFHWADDR filled the hwaddr member.
         let data = unsafe { ifr.ifr_ifru.ifru_hwaddr.sa_data };
-        std::array::from_fn(|i| data[i] as u8)
+        // c_char is i8 on x86_64 and u8 on aarch64: reinterpret the byte.
+        std::array::from_fn(|i| u8::from_ne_bytes(data[i].to_ne_bytes()))
     }
 
     /// `ip neigh add <ip> lladdr <mac> dev <dev> nud permanent`.
