@@ -10,7 +10,8 @@
 //! vCPUs started through PSCI CPU_ON, a guest panic (status 3, told apart by the
 //! console's panic watch), and the guest's own virtio drivers on moat-vmm's
 //! virtio-mmio transport, found through the device tree: rng, block and
-//! virtio-fs (read and write).
+//! virtio-fs (read and write, and a read-only share where every write fails
+//! with `EROFS`).
 
 use std::time::{Duration, Instant};
 
@@ -136,6 +137,35 @@ fn moat_vmm_boots_the_arm64_guest_kernel_to_init() {
         stdout.contains("devices host: from-guest.txt: written by the guest"),
         "{stdout}"
     );
+    // The read-only share: readable, every write refused with EROFS, the host's
+    // files unchanged. (The vsock exchange runs in the x86_64 test only: its
+    // host end is built for x86_64.)
+    assert_eq!(line("moat-boot-test: ro read "), "read-only from the host");
+    for op in [
+        "create",
+        "open-write",
+        "truncate",
+        "mkdir",
+        "unlink",
+        "rename",
+        "chmod",
+        "symlink",
+    ] {
+        assert_eq!(
+            line(&format!("moat-boot-test: ro {op} ")),
+            "EROFS",
+            "ro {op}"
+        );
+    }
+    let manifest = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("devices host: ro manifest before="))
+        .unwrap_or_else(|| panic!("no ro manifest: {stdout}"));
+    let (before, after) = manifest
+        .split_once(" after=")
+        .unwrap_or_else(|| panic!("bad ro manifest line: {manifest}"));
+    assert_eq!(before.len(), 64, "{manifest}");
+    assert_eq!(before, after, "the read-only share changed");
     notice(&format!(
         "{test}: whole run {:.1} s wall (test host {:.1} s, ready at {:?} s uptime)",
         started.elapsed().as_secs_f64(),

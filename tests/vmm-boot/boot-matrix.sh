@@ -9,7 +9,9 @@
 #   case <name> status=<exit status>
 # then the console and moat-vmm's stderr, one line each, prefixed by
 # "<name> console: " and "<name> stderr: ". The devices case also prints
-# "devices host: ..." with what the guest wrote into its share.
+# "devices host: ..." (what the guest wrote into its share, and whether the
+# read-only share changed) and "devices peer ..." (the host end of vsock:
+# ./bin/moat-vsock-peer's status and output, when that binary is there).
 set -u
 arch=${1:-x86_64}
 case $arch in
@@ -43,12 +45,54 @@ else
 fi
 run smp --cmdline "$base" --vcpus 2
 run panic --cmdline "$base -- panic"
-# The virtio devices, driven by the guest's own drivers.
-mkdir -p "$tmp/share"
+# The virtio devices, driven by the guest's own drivers: rng, a read-only disk,
+# a read-write share, a read-only share (every write must fail with EROFS and
+# leave the host's files as they were) and vsock both ways with
+# ./bin/moat-vsock-peer, which runs here beside moat-vmm.
+vsock_bytes=${VSOCK_BYTES:-1048576}
+mkdir -p "$tmp/share" "$tmp/ro/sub"
 echo "hello from the host" >"$tmp/share/hello.txt"
+echo "read-only from the host" >"$tmp/ro/hello.txt"
+echo "keep me" >"$tmp/ro/sub/keep.txt"
+# Names, sizes, modes, mtimes and contents of everything in the ro share.
+ro_manifest() {
+    (cd "$tmp/ro" && find . | sort | while read -r f; do
+        stat -c '%n %s %a %Y' "$f"
+        [ -f "$f" ] && sha256sum "$f"
+    done) | sha256sum | cut -d' ' -f1
+}
+ro_before=$(ro_manifest)
 dd if=/dev/zero of="$tmp/disk.img" bs=1024 count=1024 2>/dev/null
 printf 'moat-disk-ok\n' | dd of="$tmp/disk.img" conv=notrunc 2>/dev/null
-run devices --cmdline "$base -- devices" --rng --disk "path=$tmp/disk.img,ro" \
-    --fs "tag=share,path=$tmp/share" --vsock-cid 3 --vsock-uds "$tmp/v.sock"
+# The vsock exchange needs the peer built for this architecture (the x86_64
+# test adds it; without it the guest is not asked to exchange).
+peer="" vsock_opt=""
+if [ -x ./bin/moat-vsock-peer ]; then
+    ./bin/moat-vsock-peer --uds "$tmp/v.sock" --guest-port 5000 --host-port 5001 \
+        --bytes "$vsock_bytes" --timeout 300 >"$tmp/peer.out" 2>"$tmp/peer.err" &
+    peer=$!
+    vsock_opt="vsock=5000:5001:$vsock_bytes"
+    n=0
+    while [ ! -S "$tmp/v.sock_5001" ] && [ $n -lt 200 ]; do
+        sleep 0.05
+        n=$((n + 1))
+    done
+fi
+run devices --cmdline "$base -- devices ro=ro $vsock_opt" --rng \
+    --disk "path=$tmp/disk.img,ro" --fs "tag=share,path=$tmp/share" \
+    --fs "tag=ro,path=$tmp/ro,ro" --vsock-cid 3 --vsock-uds "$tmp/v.sock"
+if [ -n "$peer" ]; then
+    # The guest reboots only after both exchanges ended, so the peer is done or
+    # about to be; do not wait for its own timeout if the guest failed.
+    (sleep 20 && kill "$peer" 2>/dev/null) &
+    killer=$!
+    wait "$peer"
+    echo "devices peer status=$?"
+    kill "$killer" 2>/dev/null
+    sed "s/^/devices peer: /" "$tmp/peer.out" "$tmp/peer.err"
+else
+    echo "devices peer: not run (no ./bin/moat-vsock-peer)"
+fi
 echo "devices host: from-guest.txt: $(cat "$tmp/share/from-guest.txt" 2>&1)"
+echo "devices host: ro manifest before=$ro_before after=$(ro_manifest)"
 rm -rf "$tmp"

@@ -2,7 +2,7 @@
  * pattern, measures the VMM's memory at that moment, and waits for it to exit.
  * Used to compare VMMs booting the same kernel in the same (nested) host.
  *
- *   bootmeter [--fifo PATH] PATTERN GUEST_MIB -- CMD [ARGS...]
+ *   bootmeter [--fifo PATH] [--timeout SECS] PATTERN GUEST_MIB -- CMD [ARGS...]
  *
  * The console is read from CMD's stdout, or from the named pipe PATH (created
  * here) for VMMs that write their serial port to a file. When the pattern
@@ -10,9 +10,12 @@
  * continued. Mappings of GUEST_MIB .. GUEST_MIB+4 MiB are taken as guest RAM;
  * everything else is the VMM's own memory, of which vmm_anon is the private
  * anonymous part (file-backed text is shared by every instance of the binary).
- * Console lines are copied to stderr. Last line, on stdout:
+ * With --timeout, CMD is killed (SIGKILL) once it has run SECS seconds, and
+ * status is "timeout". Console lines are copied to stderr. Last line, on
+ * stdout:
  *   bootmeter: line_ms=.. exit_ms=.. rss_kib=.. guest_rss_kib=.. vmm_rss_kib=..
  *              vmm_anon_kib=.. status=..
+ * line_ms is -1.0 when the pattern never showed (and bootmeter exits 1).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -62,13 +65,22 @@ static void measure(pid_t pid, long guest_kib, long *total, long *guest, long *a
 
 int main(int argc, char **argv) {
     const char *fifo = NULL;
+    double timeout_ms = -1;
     int i = 1;
-    if (i + 1 < argc && strcmp(argv[i], "--fifo") == 0) {
-        fifo = argv[i + 1];
-        i += 2;
+    for (;;) {
+        if (i + 1 < argc && strcmp(argv[i], "--fifo") == 0) {
+            fifo = argv[i + 1];
+            i += 2;
+        } else if (i + 1 < argc && strcmp(argv[i], "--timeout") == 0) {
+            timeout_ms = atof(argv[i + 1]) * 1e3;
+            i += 2;
+        } else {
+            break;
+        }
     }
     if (argc - i < 4 || strcmp(argv[i + 2], "--") != 0) {
-        fprintf(stderr, "usage: bootmeter [--fifo PATH] PATTERN GUEST_MIB -- CMD [ARGS...]\n");
+        fprintf(stderr, "usage: bootmeter [--fifo PATH] [--timeout SECS] PATTERN GUEST_MIB -- "
+                        "CMD [ARGS...]\n");
         return 2;
     }
     const char *pattern = argv[i];
@@ -117,8 +129,12 @@ int main(int argc, char **argv) {
     long total = -1, guest = -1, anon = -1;
     char buf[8192];
     size_t len = 0;
-    int status = 0, exited = 0, last_pass = 0;
+    int status = 0, exited = 0, last_pass = 0, timed_out = 0;
     while (!last_pass) {
+        if (!exited && !timed_out && timeout_ms > 0 && now_ms() - t0 > timeout_ms) {
+            kill(pid, SIGKILL);
+            timed_out = 1;
+        }
         /* One more read after the child is gone, for its last output. */
         last_pass = exited;
         struct pollfd pfd = {.fd = in, .events = POLLIN};
@@ -153,9 +169,14 @@ int main(int argc, char **argv) {
     }
     double exit_ms = now_ms() - t0;
     if (fifo) unlink(fifo);
+    char status_text[16];
+    if (timed_out)
+        snprintf(status_text, sizeof(status_text), "timeout");
+    else
+        snprintf(status_text, sizeof(status_text), "%d",
+                 WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
     printf("bootmeter: line_ms=%.1f exit_ms=%.1f rss_kib=%ld guest_rss_kib=%ld vmm_rss_kib=%ld "
-           "vmm_anon_kib=%ld status=%d\n",
-           line_ms, exit_ms, total, guest, total >= 0 ? total - guest : -1, anon,
-           WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+           "vmm_anon_kib=%ld status=%s\n",
+           line_ms, exit_ms, total, guest, total >= 0 ? total - guest : -1, anon, status_text);
     return line_ms < 0 ? 1 : 0;
 }

@@ -477,16 +477,18 @@ fn create_vcpus(
 }
 
 /// Starts one thread per vCPU, each dispatching its exits to `buses`. If one
-/// cannot start, the others are stopped.
+/// cannot start, the others are stopped. Each logs at debug level when it
+/// first enters `KVM_RUN`, counted from `start` (the VMM process's start).
 fn start_vcpus(
     fds: Vec<kvm_ioctls::VcpuFd>,
     buses: &Arc<Buses>,
     exit: &ExitHandle,
+    start: Instant,
 ) -> Result<Vec<std::thread::JoinHandle<()>>, StartVcpusError> {
     vcpu::register_kick_signal().map_err(StartVcpusError::Signal)?;
     let mut handles = Vec::with_capacity(fds.len());
     for (id, fd) in (0u8..).zip(fds) {
-        let vcpu = Vcpu::new(id, fd, buses.clone(), exit.clone());
+        let vcpu = Vcpu::new(id, fd, buses.clone(), exit.clone()).report_first_run(start);
         match vcpu.start() {
             Ok(handle) => handles.push(handle),
             Err(e) => {
@@ -593,7 +595,7 @@ pub fn build_microvm_with(
     // Ordering: buses are complete and read-only from here on; vCPUs share
     // them. vCPUs start last, once everything they can reach exists.
     let buses = Arc::new(buses);
-    let handles = start_vcpus(vcpus.fds, &buses, &exit)?;
+    let handles = start_vcpus(vcpus.fds, &buses, &exit, start)?;
     tracing::debug!(elapsed_us = elapsed_us(start), "vcpus started");
     Ok(Vmm::new(
         vm,
