@@ -380,6 +380,29 @@ fn attach_boot_marker(mmio: &mut Bus, start: Instant) -> Result<(), AttachLegacy
     .map_err(AttachLegacyError::BootMarker)
 }
 
+/// The kernel command line before any device added itself: the configured
+/// one or the default, checked against the architecture's size limit.
+pub fn base_cmdline(config: &VmConfig) -> Result<Cmdline, ConfigError> {
+    Cmdline::try_from(config.cmdline_or_default(), arch::CMDLINE_MAX_SIZE).map_err(|e| {
+        ConfigError::Invalid {
+            field: "cmdline".into(),
+            message: e.to_string(),
+        }
+    })
+}
+
+/// Adds `virtio_mmio.device=4K@addr:irq` for a device's slot to the command line.
+pub fn add_virtio_mmio_cmdline(
+    cmdline: &mut Cmdline,
+    device: &'static str,
+    addr: u64,
+    irq: u32,
+) -> Result<(), AttachDeviceError> {
+    cmdline
+        .add_virtio_mmio_device(layout::VIRTIO_MMIO_SIZE, GuestAddress(addr), irq, None)
+        .map_err(|source| AttachDeviceError::Cmdline { device, source })
+}
+
 /// Attaches any virtio device in virtio-mmio slot `slot`: its MMIO window and
 /// IRQ from the layout, an irqfd for its interrupt, one ioeventfd per queue on
 /// `QueueNotify` (datamatch = queue index), and `virtio_mmio.device=4K@addr:irq`
@@ -421,12 +444,7 @@ pub fn attach_virtio_device(
             device: name,
             source,
         })?;
-    cmdline
-        .add_virtio_mmio_device(layout::VIRTIO_MMIO_SIZE, GuestAddress(addr), irq, None)
-        .map_err(|source| AttachDeviceError::Cmdline {
-            device: name,
-            source,
-        })?;
+    add_virtio_mmio_cmdline(cmdline, name, addr, irq)?;
     tracing::debug!(
         device = name,
         slot,
@@ -536,11 +554,7 @@ pub fn build_microvm_with(
     let serial = attach_legacy_devices(&vm, &mut pio, config, &exit)?;
     attach_boot_marker(&mut mmio, start)?;
 
-    let mut cmdline = Cmdline::try_from(config.cmdline_or_default(), arch::CMDLINE_MAX_SIZE)
-        .map_err(|e| ConfigError::Invalid {
-            field: "cmdline".into(),
-            message: e.to_string(),
-        })?;
+    let mut cmdline = base_cmdline(config)?;
     let mut transports = Vec::with_capacity(devices.len());
     for (slot, device) in devices.into_iter().enumerate() {
         transports.push(attach_virtio_device(
