@@ -1,7 +1,7 @@
 # moat: two commands.
 #   make demo   boot the guest kernel (today: under the reference VMM in the test host)
 #   make test   fmt, clippy, unit tests, then the end-to-end tier
-# Also: deps, kernel [ARCH=x86_64|arm64], static, testhost, bench.
+# Also: deps, kernel [ARCH=x86_64|arm64], static, testhost, bench, fuzz [FUZZ_SECONDS=60].
 # Expensive artifacts are cached under ~/.cache/moat/, keyed by their inputs.
 
 SHELL := /bin/bash
@@ -30,7 +30,9 @@ APT_PACKAGES := build-essential bc bison flex libelf-dev libssl-dev dwarves \
 	coreutils python3 openssl
 RUST_COMPONENTS := rustfmt clippy
 RUST_TARGETS := x86_64-unknown-linux-musl aarch64-unknown-linux-gnu
-DEPS_HASH := $(shell echo '$(APT_PACKAGES) | $(RUST_COMPONENTS) | $(RUST_TARGETS)' | sha256sum | cut -c1-12)
+# cargo-fuzz, pinned; installed once by `make deps` (see docs/fuzzing.md).
+CARGO_FUZZ_VERSION := 0.13.2
+DEPS_HASH := $(shell echo '$(APT_PACKAGES) | $(RUST_COMPONENTS) | $(RUST_TARGETS) | cargo-fuzz $(CARGO_FUZZ_VERSION)' | sha256sum | cut -c1-12)
 DEPS_STAMP := $(CACHE)/deps-$(DEPS_HASH).stamp
 
 # Where the end-to-end tests find the artifacts (tests/harness/artifacts.rs).
@@ -40,12 +42,25 @@ E2E_ENV := MOAT_E2E_REQUIRED=1 \
 	MOAT_TESTHOST_DIR=$(BUILD)/testhost \
 	MOAT_REF_INITRD=$(BUILD)/testhost/ref-initrd.cpio
 
-.PHONY: help deps kernel static testhost test unit e2e lint demo bench
+# Fuzzing (fuzz/, its own workspace). cargo-fuzz passes -Z flags (coverage
+# instrumentation, sanitizers) that stable rustc accepts only with
+# RUSTC_BOOTSTRAP=1; -s none skips AddressSanitizer, -a keeps debug assertions
+# and overflow checks in the optimised build.
+FUZZ_TARGETS := virtio_mmio vsock_tx block_req net_tx fs_fuse queue_chain \
+	agent_frame layer_unpack manifest vmm_config
+FUZZ_SECONDS ?= 60
+FUZZ_RUN_FLAGS ?= -rss_limit_mb=4096
+FUZZ := RUSTC_BOOTSTRAP=1 $(CARGO) fuzz
+FUZZ_BUILD_FLAGS := -O -a -s none
+FUZZ_BIN := $(ROOT)/fuzz/target/x86_64-unknown-linux-gnu/release
+
+.PHONY: help deps kernel static testhost test unit e2e lint demo bench fuzz fuzz-build fuzz-regress fuzz-corpus
 
 help:
 	@echo "make demo    boot the guest kernel and print its console"
 	@echo "make test    fmt + clippy + unit tests + end-to-end tests (MOAT_E2E_REQUIRED=1)"
 	@echo "make deps | kernel [ARCH=arm64] | static | testhost | bench"
+	@echo "make fuzz [FUZZ_SECONDS=60] | fuzz-regress | fuzz-corpus"
 
 # --- deps: idempotent; fast once the stamp for this package list exists -------
 deps: $(DEPS_STAMP)
@@ -75,6 +90,9 @@ $(DEPS_STAMP):
 	for t in $(RUST_TARGETS); do \
 		echo "$$targets" | grep -qx "$$t" || rustup target add "$$t"; \
 	done; \
+	if ! $(CARGO) fuzz --version 2>/dev/null | grep -qx "cargo-fuzz $(CARGO_FUZZ_VERSION)"; then \
+		$(CARGO) install --locked cargo-fuzz --version $(CARGO_FUZZ_VERSION); \
+	fi; \
 	mkdir -p $(CACHE); rm -f $(CACHE)/deps-*.stamp; touch $@; \
 	echo "deps: ok"
 
@@ -108,6 +126,7 @@ testhost:
 # --- test ---------------------------------------------------------------------
 lint:
 	$(CARGO) fmt --all --check
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # Unit tests: every crate, and the harness's own (lib and bins of moat-tests).
@@ -123,7 +142,40 @@ e2e: kernel static testhost
 test: deps
 	$(MAKE) lint
 	$(MAKE) unit
+	$(MAKE) fuzz-regress
 	$(MAKE) e2e
+
+# --- fuzz: coverage-guided fuzzing of everything that parses hostile input ----
+fuzz-build:
+	cd fuzz && $(FUZZ) build $(FUZZ_BUILD_FLAGS)
+
+# Every target over its committed corpus only: seeds and past crashes must pass.
+fuzz-regress: fuzz-build
+	@for t in $(FUZZ_TARGETS); do \
+		n=$$(ls fuzz/corpus/$$t | wc -l); \
+		echo "fuzz-regress: $$t ($$n inputs)"; \
+		$(FUZZ_BIN)/$$t -runs=0 $(FUZZ_RUN_FLAGS) fuzz/corpus/$$t 2>fuzz/target/regress-$$t.log \
+			|| { tail -40 fuzz/target/regress-$$t.log; echo "fuzz-regress: $$t FAILED" >&2; exit 1; }; \
+	done; \
+	echo "fuzz-regress: $(words $(FUZZ_TARGETS)) passed, 0 failed"
+
+# Each target for FUZZ_SECONDS, one at a time and niced (2 shared cores). New
+# inputs go to fuzz/corpus-work/<target> (not committed); crashes to
+# fuzz/artifacts/<target>/.
+fuzz: fuzz-build
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/corpus-work/$$t fuzz/artifacts/$$t; \
+		echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+		nice $(FUZZ_BIN)/$$t -max_total_time=$(FUZZ_SECONDS) $(FUZZ_RUN_FLAGS) \
+			-artifact_prefix=fuzz/artifacts/$$t/ fuzz/corpus-work/$$t fuzz/corpus/$$t \
+			2>fuzz/target/fuzz-$$t.log \
+			|| { tail -60 fuzz/target/fuzz-$$t.log; echo "fuzz: $$t found a crash (fuzz/artifacts/$$t/)" >&2; exit 1; }; \
+		grep -E '^(#[0-9]+ +DONE|Done [0-9]+ runs)' fuzz/target/fuzz-$$t.log | tail -1; \
+	done
+
+# Rewrites the seed corpora from the unit tests' valid cases.
+fuzz-corpus:
+	cd fuzz && $(CARGO) run --release --example gen-corpus -- corpus
 
 # --- demo: until the runtime exists, the guest kernel under the reference VMM
 # (QEMU -M pc: -M microvm is faster but now and then stalls ~100 s in the test host).
