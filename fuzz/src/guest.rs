@@ -19,6 +19,8 @@ pub const INDIRECT: u16 = VRING_DESC_F_INDIRECT as u16;
 
 /// Largest writable buffer a well-formed chain asks for.
 pub const MAX_WRITABLE: u32 = 64 << 10;
+/// Most readable (and most writable) descriptors of a well-formed chain.
+pub const MAX_SEGMENTS: usize = 64;
 
 /// One raw descriptor.
 #[derive(Arbitrary, Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,11 +53,14 @@ pub enum ChainSpec {
 /// One queue of the simulated guest: its rings at `ring_base` and a bump
 /// allocator for buffers in `[buf_base, buf_end)`.
 ///
-/// It publishes at most `size / 2` chains: virtio-queue 0.17's mock places the
-/// used ring over the second half of the available ring (see
-/// `vmm/src/devices/virtio/fs/test_client.rs`), so past that point the guest's
-/// ring writes and the device's overwrite each other and what the target reads
-/// back from the used ring is no longer what the device wrote.
+/// Within one run every descriptor slot and every buffer byte is handed out
+/// once, and at most `size / 2` chains are published (virtio-queue 0.17's mock
+/// places the used ring over the second half of the available ring, see
+/// `vmm/src/devices/virtio/fs/test_client.rs`). A chain past those budgets is
+/// not published. So a used-ring entry always names the chain it was written
+/// for, and what a target reads back is what the device wrote there. (A
+/// guest may of course reuse slots and buffers; `Raw` chains and the
+/// `queue_chain` target cover descriptors that point anywhere.)
 pub struct GuestQueue<'a> {
     pub drv: Driver<'a>,
     mem: &'a GuestMemory,
@@ -65,6 +70,12 @@ pub struct GuestQueue<'a> {
     buf_end: u64,
     next_buf: u64,
     published: u16,
+    descs_used: usize,
+}
+
+/// Bytes `alloc` takes for a buffer of `len`.
+fn rounded(len: u64) -> u64 {
+    len.max(1).next_multiple_of(8)
 }
 
 impl<'a> GuestQueue<'a> {
@@ -84,6 +95,7 @@ impl<'a> GuestQueue<'a> {
             buf_end: buffers.end,
             next_buf: buffers.start,
             published: 0,
+            descs_used: 0,
         }
     }
 
@@ -92,20 +104,50 @@ impl<'a> GuestQueue<'a> {
         self.drv.active_queue()
     }
 
-    /// Reserves `len` bytes of buffer space (wrapping around when full, so old
-    /// buffers may be reused: the guest is allowed to be that careless).
-    pub fn alloc(&mut self, len: u32) -> u64 {
-        let len = u64::from(len).max(1).next_multiple_of(8);
-        let room = self.buf_end - self.buf_base;
-        if len > room {
-            return self.buf_base;
-        }
-        if self.next_buf + len > self.buf_end {
-            self.next_buf = self.buf_base;
-        }
+    /// Reserves `len` bytes of buffer space; `push` checked the budget.
+    fn alloc(&mut self, len: u32) -> u64 {
         let addr = self.next_buf;
-        self.next_buf += len;
+        self.next_buf += rounded(u64::from(len));
         addr
+    }
+
+    /// Descriptor slots and buffer bytes `spec` takes for a request of
+    /// `request_len` bytes.
+    fn cost(&self, spec: &ChainSpec, request_len: usize) -> (usize, u64) {
+        match spec {
+            ChainSpec::Good {
+                readable,
+                writable,
+                indirect,
+            } => {
+                let mut descs = 0usize;
+                let mut bytes = 0u64;
+                let mut rest = request_len as u64;
+                for &len in readable.iter().take(MAX_SEGMENTS) {
+                    descs += 1;
+                    bytes += rounded(u64::from(len));
+                    rest = rest.saturating_sub(u64::from(len));
+                }
+                if rest > 0 {
+                    descs += 1;
+                    bytes += rounded(rest);
+                }
+                for &len in writable.iter().take(MAX_SEGMENTS) {
+                    descs += 1;
+                    bytes += rounded(u64::from(len % (MAX_WRITABLE + 1)));
+                }
+                if descs == 0 {
+                    descs = 1;
+                    bytes += rounded(0);
+                }
+                if *indirect {
+                    bytes += rounded(descs as u64 * 16);
+                    descs = 1;
+                }
+                (descs, bytes)
+            }
+            ChainSpec::Raw { descs } => (descs.len().clamp(1, usize::from(self.size)), 0),
+        }
     }
 
     fn fold(&self, addr: u64) -> u64 {
@@ -119,7 +161,13 @@ impl<'a> GuestQueue<'a> {
         if self.published >= (self.size / 2).max(1) {
             return None;
         }
+        let (descs, bytes) = self.cost(spec, request.len());
+        if self.descs_used + descs > usize::from(self.size) || self.next_buf + bytes > self.buf_end
+        {
+            return None;
+        }
         self.published += 1;
+        self.descs_used += descs;
         Some(self.push_unchecked(spec, request))
     }
 
@@ -132,7 +180,7 @@ impl<'a> GuestQueue<'a> {
             } => {
                 let mut descs: Vec<(u64, u32, bool)> = Vec::new();
                 let mut rest = request;
-                for &len in readable.iter().take(64) {
+                for &len in readable.iter().take(MAX_SEGMENTS) {
                     let n = usize::from(len).min(rest.len());
                     let addr = self.alloc(u32::from(len));
                     let (now, later) = rest.split_at(n);
@@ -147,7 +195,7 @@ impl<'a> GuestQueue<'a> {
                     descs.push((addr, len, false));
                 }
                 let mut out = Vec::new();
-                for &len in writable.iter().take(64) {
+                for &len in writable.iter().take(MAX_SEGMENTS) {
                     let len = len % (MAX_WRITABLE + 1);
                     let addr = self.alloc(len);
                     out.push((addr, len));
