@@ -2,7 +2,7 @@
 #   make demo   run a container in a moat microVM (in the test host where KVM is nested)
 #   make test   fmt, clippy (x86_64 and arm64), unit tests, then the end-to-end tier
 # Also: deps, kernel [ARCH=x86_64|arm64], static, static-arm64, initrd, testhost,
-# testhost-arm64, check-arm64, e2e-arm64, bench.
+# testhost-arm64, check-arm64, e2e-arm64, bench, fuzz [FUZZ_SECONDS=60].
 # Expensive artifacts are cached under ~/.cache/moat/, keyed by their inputs.
 
 SHELL := /bin/bash
@@ -39,7 +39,9 @@ APT_PACKAGES := build-essential bc bison flex libelf-dev libssl-dev dwarves \
 DPKG_FOREIGN_ARCHES := arm64
 RUST_COMPONENTS := rustfmt clippy
 RUST_TARGETS := x86_64-unknown-linux-musl aarch64-unknown-linux-gnu
-DEPS_HASH := $(shell echo '$(APT_PACKAGES) | $(DPKG_FOREIGN_ARCHES) | $(RUST_COMPONENTS) | $(RUST_TARGETS)' | sha256sum | cut -c1-12)
+# cargo-fuzz, pinned; installed once by `make deps` (see docs/fuzzing.md).
+CARGO_FUZZ_VERSION := 0.13.2
+DEPS_HASH := $(shell echo '$(APT_PACKAGES) | $(DPKG_FOREIGN_ARCHES) | $(RUST_COMPONENTS) | $(RUST_TARGETS) | cargo-fuzz $(CARGO_FUZZ_VERSION)' | sha256sum | cut -c1-12)
 DEPS_STAMP := $(CACHE)/deps-$(DEPS_HASH).stamp
 
 # Where the end-to-end tests find the artifacts (tests/harness/artifacts.rs).
@@ -53,14 +55,28 @@ E2E_ENV := MOAT_E2E_REQUIRED=1 \
 	MOAT_TESTHOST_ARM64_DIR=$(BUILD)/testhost-arm64 \
 	MOAT_AGENT_INITRD=$(INITRD)
 
+# Fuzzing (fuzz/, its own workspace). cargo-fuzz passes -Z flags (coverage
+# instrumentation, sanitizers) that stable rustc accepts only with
+# RUSTC_BOOTSTRAP=1; -s none skips AddressSanitizer, -a keeps debug assertions
+# and overflow checks in the optimised build.
+FUZZ_TARGETS := virtio_mmio vsock_tx block_req net_tx fs_fuse queue_chain \
+	agent_frame layer_unpack manifest vmm_config
+FUZZ_SECONDS ?= 60
+FUZZ_RUN_FLAGS ?= -rss_limit_mb=4096
+FUZZ := RUSTC_BOOTSTRAP=1 $(CARGO) fuzz
+FUZZ_BUILD_FLAGS := -O -a -s none
+FUZZ_BIN := $(ROOT)/fuzz/target/x86_64-unknown-linux-gnu/release
+
 .PHONY: help deps kernel kernel-arm64 static static-arm64 initrd testhost testhost-arm64 \
-	test unit unit-arm64 e2e e2e-arm64 lint check-arm64 demo bench
+	test unit unit-arm64 e2e e2e-arm64 lint check-arm64 demo bench \
+	fuzz fuzz-build fuzz-regress fuzz-corpus
 
 help:
 	@echo "make demo    run a container in a moat microVM [DEMO_ARGS='sh -c \"uname -a\"']"
 	@echo "make test    fmt + clippy + unit tests + end-to-end tests (MOAT_E2E_REQUIRED=1)"
 	@echo "make deps | kernel [ARCH=arm64] | static | static-arm64 | initrd | testhost | testhost-arm64"
 	@echo "make check-arm64 (cross build + clippy) | unit-arm64 | e2e-arm64 | bench"
+	@echo "make fuzz [FUZZ_SECONDS=60] | fuzz-regress | fuzz-corpus"
 
 # --- deps: idempotent; fast once the stamp for this package list exists -------
 deps: $(DEPS_STAMP)
@@ -98,6 +114,9 @@ $(DEPS_STAMP):
 	for t in $(RUST_TARGETS); do \
 		echo "$$targets" | grep -qx "$$t" || rustup target add "$$t"; \
 	done; \
+	if ! $(CARGO) fuzz --version 2>/dev/null | grep -qx "cargo-fuzz $(CARGO_FUZZ_VERSION)"; then \
+		$(CARGO) install --locked cargo-fuzz --version $(CARGO_FUZZ_VERSION); \
+	fi; \
 	mkdir -p $(CACHE); rm -f $(CACHE)/deps-*.stamp; touch $@; \
 	echo "deps: ok"
 
@@ -160,6 +179,7 @@ testhost-arm64:
 # --- test ---------------------------------------------------------------------
 lint:
 	$(CARGO) fmt --all --check
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(MAKE) check-arm64
 
@@ -212,7 +232,40 @@ unit-arm64: testhost-arm64
 test: deps
 	$(MAKE) lint
 	$(MAKE) unit
+	$(MAKE) fuzz-regress
 	$(MAKE) e2e
+
+# --- fuzz: coverage-guided fuzzing of everything that parses hostile input ----
+fuzz-build:
+	cd fuzz && $(FUZZ) build $(FUZZ_BUILD_FLAGS)
+
+# Every target over its committed corpus only: seeds and past crashes must pass.
+fuzz-regress: fuzz-build
+	@for t in $(FUZZ_TARGETS); do \
+		n=$$(ls fuzz/corpus/$$t | wc -l); \
+		echo "fuzz-regress: $$t ($$n inputs)"; \
+		$(FUZZ_BIN)/$$t -runs=0 $(FUZZ_RUN_FLAGS) fuzz/corpus/$$t 2>fuzz/target/regress-$$t.log \
+			|| { tail -40 fuzz/target/regress-$$t.log; echo "fuzz-regress: $$t FAILED" >&2; exit 1; }; \
+	done; \
+	echo "fuzz-regress: $(words $(FUZZ_TARGETS)) passed, 0 failed"
+
+# Each target for FUZZ_SECONDS, one at a time and niced (2 shared cores). New
+# inputs go to fuzz/corpus-work/<target> (not committed); crashes to
+# fuzz/artifacts/<target>/.
+fuzz: fuzz-build
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/corpus-work/$$t fuzz/artifacts/$$t; \
+		echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+		nice $(FUZZ_BIN)/$$t -max_total_time=$(FUZZ_SECONDS) $(FUZZ_RUN_FLAGS) \
+			-artifact_prefix=fuzz/artifacts/$$t/ fuzz/corpus-work/$$t fuzz/corpus/$$t \
+			2>fuzz/target/fuzz-$$t.log \
+			|| { tail -60 fuzz/target/fuzz-$$t.log; echo "fuzz: $$t found a crash (fuzz/artifacts/$$t/)" >&2; exit 1; }; \
+		grep -E '^(#[0-9]+ +DONE|Done [0-9]+ runs)' fuzz/target/fuzz-$$t.log | tail -1; \
+	done
+
+# Rewrites the seed corpora from the unit tests' valid cases.
+fuzz-corpus:
+	cd fuzz && $(CARGO) run --release --example gen-corpus -- corpus
 
 # --- demo: moat-demo imports the bundled busybox-static image into a fresh image
 # store and runs DEMO_ARGS (default: echo hello from a moat microVM) in one

@@ -53,6 +53,16 @@ impl ImageRef {
         let inner: Reference = input
             .parse()
             .map_err(|e: oci_spec::distribution::ParseError| invalid(input, e.to_string()))?;
+        // oci-spec reads a first component without `.` or `:` (and not
+        // `localhost`) as a Docker Hub path even when it has upper-case letters;
+        // Docker reads it as a registry host. Repository paths are lower-case,
+        // so refuse it instead of pulling something else than Docker would.
+        if inner.repository().bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(invalid(
+                input,
+                "repository name must be lowercase (a registry host needs a '.' or a ':port')",
+            ));
+        }
         let last = inner.repository().rsplit('/').next().unwrap_or("");
         if inner.repository() == format!("library/{last}")
             && last.len() == 64
@@ -266,6 +276,29 @@ mod tests {
             ImageRef::parse("busybox:Latest").unwrap().tag(),
             Some("Latest")
         );
+    }
+
+    /// Found by the `manifest` fuzz target: oci-spec files a first component
+    /// with upper-case letters and no `.` or `:` under docker.io, giving a
+    /// repository path with upper-case letters that no registry accepts and
+    /// whose printed form does not parse. Docker reads such a component as a
+    /// registry host; moat refuses it.
+    #[test]
+    fn upper_case_first_component_is_refused_and_accepted_ones_print_back() {
+        for bad in ["linuxXa/mr/68", "Host/app", "a/B/c:1"] {
+            assert!(ImageRef::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in [
+            "busybox",
+            "user/app:v1",
+            "localhost:5000/a/b:T",
+            "quay.io/x/y:1",
+            "registry.example.com:5000/library/alpine:3.19",
+        ] {
+            let r = ImageRef::parse(good).unwrap();
+            let again = ImageRef::parse(&r.to_string()).unwrap();
+            assert_eq!(again, r, "{good} printed as {r}");
+        }
     }
 
     #[test]

@@ -380,6 +380,17 @@ fn attach_boot_marker(mmio: &mut Bus, start: Instant) -> Result<(), AttachLegacy
     .map_err(AttachLegacyError::BootMarker)
 }
 
+/// The kernel command line before any device added itself: the configured
+/// one or the default, checked against the architecture's size limit.
+pub fn base_cmdline(config: &VmConfig) -> Result<Cmdline, ConfigError> {
+    Cmdline::try_from(config.cmdline_or_default(), arch::CMDLINE_MAX_SIZE).map_err(|e| {
+        ConfigError::Invalid {
+            field: "cmdline".into(),
+            message: e.to_string(),
+        }
+    })
+}
+
 /// Attaches any virtio device in virtio-mmio slot `slot`: its MMIO window and
 /// IRQ from the layout, an irqfd for its interrupt, and one ioeventfd per queue
 /// on `QueueNotify` (datamatch = queue index). Returns the transport and how
@@ -564,13 +575,7 @@ pub fn build_microvm_with(
     let serial = attach_legacy_devices(&vm, &mut buses, config, &exit)?;
     attach_boot_marker(&mut buses.mmio, start)?;
 
-    let cmdline =
-        Cmdline::try_from(config.cmdline_or_default(), arch::CMDLINE_MAX_SIZE).map_err(|e| {
-            ConfigError::Invalid {
-                field: "cmdline".into(),
-                message: e.to_string(),
-            }
-        })?;
+    let cmdline = base_cmdline(config)?;
     let mut transports = Vec::with_capacity(devices.len());
     let mut virtio_infos = Vec::with_capacity(devices.len());
     for (slot, device) in devices.into_iter().enumerate() {

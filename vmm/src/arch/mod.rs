@@ -20,11 +20,11 @@ pub mod aarch64;
 #[cfg(target_arch = "x86_64")]
 pub use self::x86_64::{
     attach_legacy_devices, configure_system, configure_vcpu, guest_memory_regions,
-    instruction_pointer, layout, load_initrd, load_kernel, setup_irqchip, BootProtocol,
-    ConfigureSystemError, ConfigureVcpuError, CpuTemplate, CpuTemplateError, EntryPoint,
-    InitrdRegion, Irqchip, IrqchipError, LegacyDevicesError, LoadInitrdError, LoadKernelError,
-    LoadedKernel, VcpuBootInfo, CMDLINE_MAX_SIZE, DEFAULT_CMDLINE, INSTRUCTION_POINTER, MAX_VCPUS,
-    REQUIRED_CAPS,
+    instruction_pointer, kernel_cmdline, layout, load_initrd, load_kernel, setup_irqchip,
+    BootProtocol, ConfigureSystemError, ConfigureVcpuError, CpuTemplate, CpuTemplateError,
+    EntryPoint, InitrdRegion, Irqchip, IrqchipError, LegacyDevicesError, LoadInitrdError,
+    LoadKernelError, LoadedKernel, VcpuBootInfo, CMDLINE_MAX_SIZE, DEFAULT_CMDLINE,
+    INSTRUCTION_POINTER, MAX_VCPUS, REQUIRED_CAPS,
 };
 
 #[cfg(target_arch = "aarch64")]

@@ -256,6 +256,25 @@ pub enum ConfigureSystemError {
     Mptable(#[from] mptable::MptableError),
 }
 
+/// The command line the kernel gets: `base` plus one
+/// `virtio_mmio.device=<size>@<addr>:<irq>` per device, within
+/// `CMDLINE_MAX_SIZE` (linux-loader refuses what would not fit).
+pub fn kernel_cmdline(
+    base: &Cmdline,
+    devices: &[VirtioMmioInfo],
+) -> Result<Cmdline, ConfigureSystemError> {
+    let mut cmdline = base.clone();
+    for d in devices {
+        cmdline
+            .add_virtio_mmio_device(d.size, GuestAddress(d.addr), d.irq, None)
+            .map_err(|source| ConfigureSystemError::VirtioCmdline {
+                addr: d.addr,
+                source,
+            })?;
+    }
+    Ok(cmdline)
+}
+
 /// Writes everything the kernel reads at entry: the command line (with one
 /// `virtio_mmio.device=<size>@<addr>:<irq>` per device in `devices`), the boot
 /// GDT/IDT (and page tables for the 64-bit entry), the zero page or the PVH start
@@ -269,15 +288,7 @@ pub fn configure_system(
     initrd: Option<InitrdRegion>,
     devices: &[VirtioMmioInfo],
 ) -> Result<(), ConfigureSystemError> {
-    let mut cmdline = cmdline.clone();
-    for d in devices {
-        cmdline
-            .add_virtio_mmio_device(d.size, GuestAddress(d.addr), d.irq, None)
-            .map_err(|source| ConfigureSystemError::VirtioCmdline {
-                addr: d.addr,
-                source,
-            })?;
-    }
+    let cmdline = kernel_cmdline(cmdline, devices)?;
     linux_loader::loader::load_cmdline(mem, GuestAddress(CMDLINE_START), &cmdline)
         .map_err(ConfigureSystemError::Cmdline)?;
     let cmdline_len = cmdline

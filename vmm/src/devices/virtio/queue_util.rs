@@ -557,9 +557,10 @@ impl Drop for WorkerThread {
 }
 
 /// Test helpers: the guest driver side of a split queue over simulated guest
-/// memory, built on `virtio_queue::mock::MockSplitQueue`.
-#[cfg(test)]
-pub(crate) mod testing {
+/// memory, built on `virtio_queue::mock::MockSplitQueue`. Other crates (the
+/// fuzzer) get them with the `test-utils` feature.
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testing {
     use std::time::{Duration, Instant};
 
     use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
@@ -631,6 +632,15 @@ pub(crate) mod testing {
         size: u16,
         next_desc: u16,
         notify: EventFd,
+    }
+
+    impl std::fmt::Debug for Driver<'_> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Driver")
+                .field("size", &self.size)
+                .field("next_desc", &self.next_desc)
+                .finish_non_exhaustive()
+        }
     }
 
     impl<'a> Driver<'a> {

@@ -302,6 +302,30 @@ impl VirtioDevice for Block {
                 reason: "already active".to_string(),
             });
         }
+        let w = self.build_worker(ctx)?;
+        let worker =
+            WorkerThread::spawn(NAME, move |stop| worker::run(w, stop)).map_err(|source| {
+                ActivateError::Io {
+                    device: NAME,
+                    source,
+                }
+            })?;
+        self.worker = Some(worker);
+        Ok(())
+    }
+
+    fn reset(&mut self) -> bool {
+        match self.worker.take() {
+            Some(w) => w.stop(),
+            None => true,
+        }
+    }
+}
+
+impl Block {
+    /// Checks the activation context and builds the worker that will own the
+    /// queue.
+    fn build_worker(&self, ctx: ActivateContext) -> Result<worker::BlockWorker, ActivateError> {
         let ActivateContext {
             mem,
             // Nothing here depends on the acked features: the limits are
@@ -321,30 +345,23 @@ impl VirtioDevice for Block {
                 index: 0,
             });
         }
-        let w = worker::BlockWorker::new(
+        Ok(worker::BlockWorker::new(
             mem,
             DeviceQueue::new(q.queue, q.notify),
             interrupt,
             Arc::clone(&self.disk),
             self.id,
             Arc::clone(&self.stats),
-        );
-        let worker =
-            WorkerThread::spawn(NAME, move |stop| worker::run(w, stop)).map_err(|source| {
-                ActivateError::Io {
-                    device: NAME,
-                    source,
-                }
-            })?;
-        self.worker = Some(worker);
-        Ok(())
+        ))
     }
 
-    fn reset(&mut self) -> bool {
-        match self.worker.take() {
-            Some(w) => w.stop(),
-            None => true,
-        }
+    /// Fuzzing entry point: activates a worker on the calling thread, runs one
+    /// pass over the available requests (what the worker thread does on a
+    /// queue notification) and drops it. No thread, so a run is deterministic.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn serve_once(&self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        self.build_worker(ctx)?.process_queue();
+        Ok(())
     }
 }
 

@@ -119,7 +119,7 @@ impl BlockWorker {
 
     /// Executes the available requests, at most one queue's worth per call
     /// (then the worker yields to the event loop so a stop is seen promptly).
-    fn process_queue(&mut self) {
+    pub(super) fn process_queue(&mut self) {
         let budget = self.queue.size().max(1);
         for _ in 0..budget {
             let Some(chain) = self.queue.pop(&self.mem, &mut self.log) else {

@@ -23,6 +23,16 @@
 //! - **guest-sized buffers**: `getxattr`/`listxattr` allocate the guest's `size`
 //!   (up to 4 GiB) before asking the kernel; `readdir` allocates `size` too. The
 //!   wrapper caps them at the kernel's own limits.
+//! - **file flags on READ and WRITE**: passthrough copies the request's `flags`
+//!   onto the host fd with `fcntl(F_SETFL)` when they differ from the open
+//!   flags, and when that fails (`O_DIRECT` on a directory, say) it returns
+//!   early, dropping a `File` it had built over the handle's fd: the fd is closed
+//!   under the handle and closed again at RELEASE, and in between any fd the VMM
+//!   opens may take its number. The wrapper records each handle's open flags and
+//!   passes those, so passthrough never calls `fcntl` for the guest (found by
+//!   the `fs_fuse` fuzz target). A guest's later `fcntl` on its FUSE file is not
+//!   mirrored on the host fd; the guest kernel applies O_APPEND and O_DIRECT
+//!   itself before it sends the request.
 //!
 //! What fuse-backend-rs already does, and the tests in `tests.rs` pin down:
 //! `..` looked up at a mount root resolves to the root itself; names with `/`
@@ -31,8 +41,10 @@
 //! lookup under a symlink inode fails (`ENOTDIR`); opening a symlink inode fails
 //! (`EBADF`).
 
+use std::collections::HashMap;
 use std::ffi::CStr;
 use std::io;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn};
@@ -87,6 +99,9 @@ pub struct ShareFs {
     read_only: Vec<Option<bool>>,
     /// The mount at `/`, if the device is a plain share.
     root_mount: Option<VfsIndex>,
+    /// The flags each open file handle was opened with, by (inode, handle):
+    /// what READ and WRITE pass to passthrough (see the module doc).
+    open_flags: Mutex<HashMap<(u64, u64), u32>>,
 }
 
 impl std::fmt::Debug for ShareFs {
@@ -173,7 +188,26 @@ impl ShareFs {
             vfs,
             read_only,
             root_mount,
+            open_flags: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The open-flags table; a poisoned lock is recovered (the table holds no
+    /// invariant a panic could break).
+    fn open_flags(&self) -> MutexGuard<'_, HashMap<(u64, u64), u32>> {
+        self.open_flags
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The flags to pass with a READ or WRITE on `handle`: the ones it was
+    /// opened with. A handle the table does not know is not open on `inode`,
+    /// and passthrough refuses it (`EBADF`) before it looks at the flags.
+    fn request_flags(&self, inode: u64, handle: u64, guest_flags: u32) -> u32 {
+        self.open_flags()
+            .get(&(inode, handle))
+            .copied()
+            .unwrap_or(guest_flags)
     }
 
     /// Builds the union on a short-lived thread with its own umask.
@@ -285,7 +319,8 @@ impl FileSystem for ShareFs {
     }
 
     fn destroy(&self) {
-        self.vfs.destroy()
+        self.vfs.destroy();
+        self.open_flags().clear();
     }
 
     fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
@@ -423,7 +458,13 @@ impl FileSystem for ShareFs {
         if open_mutates(flags) {
             self.writable(inode)?;
         }
-        self.vfs.open(ctx, VfsInode::from(inode), flags, fuse_flags)
+        let opened = self
+            .vfs
+            .open(ctx, VfsInode::from(inode), flags, fuse_flags)?;
+        if let (Some(handle), _, _) = opened {
+            self.open_flags().insert((inode, handle), flags);
+        }
+        Ok(opened)
     }
 
     fn create(
@@ -434,7 +475,11 @@ impl FileSystem for ShareFs {
         args: CreateIn,
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
         self.writable(parent)?;
-        self.vfs.create(ctx, VfsInode::from(parent), name, args)
+        let created = self.vfs.create(ctx, VfsInode::from(parent), name, args)?;
+        if let (entry, Some(handle), _, _) = &created {
+            self.open_flags().insert((entry.inode, *handle), args.flags);
+        }
+        Ok(created)
     }
 
     fn read(
@@ -448,6 +493,7 @@ impl FileSystem for ShareFs {
         lock_owner: Option<u64>,
         flags: u32,
     ) -> io::Result<usize> {
+        let flags = self.request_flags(inode, handle, flags);
         self.vfs.read(
             ctx,
             VfsInode::from(inode),
@@ -474,6 +520,7 @@ impl FileSystem for ShareFs {
         fuse_flags: u32,
     ) -> io::Result<usize> {
         self.writable(inode)?;
+        let flags = self.request_flags(inode, handle, flags);
         self.vfs.write(
             ctx,
             VfsInode::from(inode),
@@ -529,7 +576,9 @@ impl FileSystem for ShareFs {
             flush,
             flock_release,
             lock_owner,
-        )
+        )?;
+        self.open_flags().remove(&(inode, handle));
+        Ok(())
     }
 
     fn statfs(&self, ctx: &Context, inode: u64) -> io::Result<statvfs64> {

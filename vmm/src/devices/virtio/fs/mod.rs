@@ -215,6 +215,60 @@ impl Fs {
         &self.tag
     }
 
+    /// Checks the activation context and builds the worker that will own the
+    /// queues.
+    fn build_worker(&self, ctx: ActivateContext) -> Result<Worker, ActivateError> {
+        if ctx.queues.len() != self.queue_sizes.len() {
+            return Err(ActivateError::QueueCount {
+                device: DEVICE_NAME,
+                expected: self.queue_sizes.len(),
+                got: ctx.queues.len(),
+            });
+        }
+        for (index, q) in ctx.queues.iter().enumerate() {
+            if !q.queue.is_valid(&ctx.mem) {
+                return Err(ActivateError::InvalidQueue {
+                    device: DEVICE_NAME,
+                    index,
+                });
+            }
+        }
+        Worker::new(
+            self.tag.clone(),
+            self.server.clone(),
+            self.fs.clone(),
+            ctx.mem,
+            ctx.queues,
+            ctx.interrupt,
+            self.poisoned.clone(),
+        )
+        .map_err(|source| ActivateError::Io {
+            device: DEVICE_NAME,
+            source,
+        })
+    }
+
+    /// Fuzzing entry point: runs the activation checks, then a worker on a
+    /// scoped thread with its own umask, like the worker thread's. Each round
+    /// serves every queue once (what the worker does on notifications); between
+    /// rounds `between(round)` may read replies and add requests, and returns
+    /// whether to go on. At the end the FUSE session ends as on a reset. The
+    /// caller continues once it is all done, so a run is deterministic.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn serve_rounds(
+        &self,
+        ctx: ActivateContext,
+        between: impl FnMut(usize) -> bool + Send,
+    ) -> Result<(), ActivateError> {
+        let worker = self.build_worker(ctx)?;
+        filesystem::run_with_private_umask(move || worker.serve_rounds(between)).map_err(|source| {
+            ActivateError::Io {
+                device: DEVICE_NAME,
+                source,
+            }
+        })
+    }
+
     fn stop_worker(&mut self) -> bool {
         match self.worker.take() {
             Some(w) => w.stop(),
@@ -257,35 +311,13 @@ impl VirtioDevice for Fs {
                 reason: format!("{}: file server failed earlier", self.tag),
             });
         }
-        if ctx.queues.len() != self.queue_sizes.len() {
-            return Err(ActivateError::QueueCount {
+        let worker = self
+            .build_worker(ctx)?
+            .spawn()
+            .map_err(|source| ActivateError::Io {
                 device: DEVICE_NAME,
-                expected: self.queue_sizes.len(),
-                got: ctx.queues.len(),
-            });
-        }
-        for (index, q) in ctx.queues.iter().enumerate() {
-            if !q.queue.is_valid(&ctx.mem) {
-                return Err(ActivateError::InvalidQueue {
-                    device: DEVICE_NAME,
-                    index,
-                });
-            }
-        }
-        let worker = Worker::new(
-            self.tag.clone(),
-            self.server.clone(),
-            self.fs.clone(),
-            ctx.mem,
-            ctx.queues,
-            ctx.interrupt,
-            self.poisoned.clone(),
-        )
-        .and_then(Worker::spawn)
-        .map_err(|source| ActivateError::Io {
-            device: DEVICE_NAME,
-            source,
-        })?;
+                source,
+            })?;
         self.worker = Some(worker);
         Ok(())
     }

@@ -209,6 +209,33 @@ fn activate_refuses_wrong_queue_count() {
     );
 }
 
+/// Found by the `fs_fuse` fuzz target: passthrough's READ and WRITE copy the
+/// guest's `flags` onto the host fd with `fcntl(F_SETFL)`, and when that fails
+/// (here `O_DIRECT` on a directory opened with OPEN) they return early after
+/// wrapping the handle's fd in a `File` that is dropped: the fd was closed under
+/// the handle, and closed again at RELEASE (in between, any fd the VMM opened
+/// could take its number). The handle must survive a READ with any flags.
+#[test]
+fn read_with_flags_the_host_refuses_keeps_the_handle() {
+    let t = Tree::new();
+    let mut g = guest(vec![mount("/", &t.share, true)]);
+    let fh = g.open(ROOT_ID, libc::O_RDONLY).unwrap();
+    let read = |g: &mut Guest, flags: i32| {
+        let r = ReadIn {
+            fh,
+            size: 4096,
+            flags: flags as u32,
+            ..Default::default()
+        };
+        g.call_cap(FUSE_READ, ROOT_ID, &[r.as_slice()], 4096 + 16)
+    };
+    assert_eq!(read(&mut g, libc::O_DIRECT).unwrap_err(), libc::EISDIR);
+    // The handle's fd is still open: reading a directory fd is EISDIR, a
+    // closed one would be EBADF.
+    assert_eq!(read(&mut g, 0).unwrap_err(), libc::EISDIR);
+    g.release(ROOT_ID, fh).unwrap();
+}
+
 #[test]
 fn new_refuses_bad_config() {
     let err = Fs::new(FsConfig::new("", vec![])).unwrap_err();

@@ -210,6 +210,25 @@ impl Worker {
         }
     }
 
+    /// Serves every queue once per round until `between(round)` says stop,
+    /// then ends the session as `run` does after a stop (for the fuzzer).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(super) fn serve_rounds(mut self, mut between: impl FnMut(usize) -> bool) {
+        let mut round = 0;
+        loop {
+            for i in 0..self.queues.len() {
+                self.process_queue(i);
+            }
+            if !between(round) {
+                break;
+            }
+            round += 1;
+        }
+        if !self.poisoned.load(Ordering::SeqCst) {
+            self.fs.destroy();
+        }
+    }
+
     /// Serves up to [`BATCH_BUDGET`] available chains of queue `index`, then
     /// interrupts the guest once if any chain was used. With chains left over it
     /// signals the queue's own eventfd, so the epoll loop comes back to it.

@@ -238,6 +238,30 @@ impl VirtioDevice for Net {
                 reason: "already active".to_string(),
             });
         }
+        let w = self.build_worker(ctx)?;
+        let worker =
+            WorkerThread::spawn(NAME, move |stop| worker::run(w, stop)).map_err(|source| {
+                ActivateError::Io {
+                    device: NAME,
+                    source,
+                }
+            })?;
+        self.worker = Some(worker);
+        Ok(())
+    }
+
+    fn reset(&mut self) -> bool {
+        match self.worker.take() {
+            Some(w) => w.stop(),
+            None => true,
+        }
+    }
+}
+
+impl Net {
+    /// Checks the activation context and builds the worker that will own the
+    /// queues.
+    fn build_worker(&self, ctx: ActivateContext) -> Result<worker::NetWorker, ActivateError> {
         let ActivateContext {
             mem,
             acked_features,
@@ -258,7 +282,7 @@ impl VirtioDevice for Net {
                 });
             }
         }
-        let w = worker::NetWorker::new(
+        Ok(worker::NetWorker::new(
             mem,
             DeviceQueue::new(rx.queue, rx.notify),
             DeviceQueue::new(tx.queue, tx.notify),
@@ -266,23 +290,33 @@ impl VirtioDevice for Net {
             Arc::clone(&self.tap),
             acked_features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0,
             Arc::clone(&self.stats),
-        );
-        let worker =
-            WorkerThread::spawn(NAME, move |stop| worker::run(w, stop)).map_err(|source| {
-                ActivateError::Io {
-                    device: NAME,
-                    source,
-                }
-            })?;
-        self.worker = Some(worker);
-        Ok(())
+        ))
     }
 
-    fn reset(&mut self) -> bool {
-        match self.worker.take() {
-            Some(w) => w.stop(),
-            None => true,
-        }
+    /// Fuzzing entry point: a device whose "tap" is any file, e.g. one end of
+    /// a datagram socket pair (what the unit tests use).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn with_file(file: std::fs::File, mac: [u8; 6]) -> Net {
+        Net::with_tap(
+            Tap {
+                file,
+                name: "fuzz".to_string(),
+            },
+            mac,
+        )
+    }
+
+    /// Fuzzing entry point: activates a worker on the calling thread, runs one
+    /// tx pass and one rx pass (what the worker thread does on notifications)
+    /// and drops it. No thread, so a run is deterministic.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn serve_once(&self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        self.build_worker(ctx)?
+            .serve_once()
+            .map_err(|source| ActivateError::Io {
+                device: NAME,
+                source,
+            })
     }
 }
 

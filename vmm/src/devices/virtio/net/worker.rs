@@ -403,6 +403,19 @@ impl NetWorker {
     }
 }
 
+impl NetWorker {
+    /// One tx pass and one rx pass on the calling thread, with an event loop
+    /// that holds only the tap (for the fuzzer).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(super) fn serve_once(mut self) -> io::Result<()> {
+        let events = EventLoop::new()?;
+        events.add(self.tap.file.as_raw_fd(), TOKEN_TAP)?;
+        self.process_tx();
+        self.process_rx(&events);
+        Ok(())
+    }
+}
+
 /// Runs until the stop eventfd fires (or the event loop itself fails).
 pub(super) fn run(mut w: NetWorker, stop: EventFd) {
     let events = EventLoop::new().and_then(|el| {

@@ -199,6 +199,24 @@ impl Vsock {
             device: "vsock",
             source,
         };
+        let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err)?;
+        let worker = self.build_worker(ctx, stop.try_clone().map_err(io_err)?)?;
+        let thread = worker.spawn().map_err(io_err)?;
+        self.worker = Some(RunningWorker { stop, thread });
+        Ok(())
+    }
+
+    /// Builds the worker (and its muxer) that will own the queues; `stop` ends
+    /// its loop.
+    fn build_worker(
+        &self,
+        ctx: ActivateContext,
+        stop: EventFd,
+    ) -> Result<worker::Worker, ActivateError> {
+        let io_err = |source| ActivateError::Io {
+            device: "vsock",
+            source,
+        };
         let listener = self.listener.try_clone().map_err(io_err)?;
         let muxer = muxer::Muxer::new(
             self.config.guest_cid,
@@ -208,7 +226,6 @@ impl Vsock {
             Arc::clone(&self.metrics),
         )
         .map_err(io_err)?;
-        let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err)?;
         let mut queues = ctx.queues.into_iter();
         let (Some(rx), Some(tx), Some(ev)) = (queues.next(), queues.next(), queues.next()) else {
             return Err(ActivateError::QueueCount {
@@ -217,18 +234,72 @@ impl Vsock {
                 got: 0,
             });
         };
-        let worker = worker::Worker::new(
+        worker::Worker::new(
             ctx.mem,
             (rx.queue, rx.notify),
             (tx.queue, tx.notify),
             ev.notify,
             ctx.interrupt,
-            stop.try_clone().map_err(io_err)?,
+            stop,
             muxer,
         )
-        .map_err(io_err)?;
-        let thread = worker.spawn().map_err(io_err)?;
-        self.worker = Some(RunningWorker { stop, thread });
+        .map_err(io_err)
+    }
+
+    /// Fuzzing entry point: runs the activation checks, then a worker on the
+    /// calling thread. Each round does what the worker loop does after a wake-up
+    /// (tx chains to the muxer, host socket events, timers, rx buffers, used
+    /// tx chains back); between rounds `between(round)` may change guest
+    /// memory and returns whether to go on. No thread, so the guest side of a
+    /// run is deterministic.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn serve_rounds(
+        &self,
+        ctx: ActivateContext,
+        mut between: impl FnMut(usize) -> bool,
+    ) -> Result<(), ActivateError> {
+        self.check_activation(&ctx)?;
+        let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| ActivateError::Io {
+            device: "vsock",
+            source,
+        })?;
+        let mut w = self.build_worker(ctx, stop)?;
+        let mut round = 0;
+        loop {
+            if let Err(e) = w.round() {
+                tracing::debug!(device = "vsock", error = %e, "device failed");
+                return Ok(());
+            }
+            if !between(round) {
+                return Ok(());
+            }
+            round += 1;
+        }
+    }
+
+    /// What `activate` checks before it starts a worker.
+    fn check_activation(&self, ctx: &ActivateContext) -> Result<(), ActivateError> {
+        if ctx.queues.len() != QUEUE_SIZES.len() {
+            return Err(ActivateError::QueueCount {
+                device: "vsock",
+                expected: QUEUE_SIZES.len(),
+                got: ctx.queues.len(),
+            });
+        }
+        for (index, q) in ctx.queues.iter().enumerate() {
+            if !q.queue.is_valid(&ctx.mem) {
+                return Err(ActivateError::InvalidQueue {
+                    device: "vsock",
+                    index,
+                });
+            }
+        }
+        if ctx.acked_features & VIRTIO_F_VERSION_1 == 0 {
+            return Err(ActivateError::Other {
+                device: "vsock",
+                reason: "driver did not accept VIRTIO_F_VERSION_1".into(),
+            });
+        }
         Ok(())
     }
 }
@@ -275,27 +346,7 @@ impl VirtioDevice for Vsock {
                 reason: "device is already active".into(),
             });
         }
-        if ctx.queues.len() != QUEUE_SIZES.len() {
-            return Err(ActivateError::QueueCount {
-                device: "vsock",
-                expected: QUEUE_SIZES.len(),
-                got: ctx.queues.len(),
-            });
-        }
-        for (index, q) in ctx.queues.iter().enumerate() {
-            if !q.queue.is_valid(&ctx.mem) {
-                return Err(ActivateError::InvalidQueue {
-                    device: "vsock",
-                    index,
-                });
-            }
-        }
-        if ctx.acked_features & VIRTIO_F_VERSION_1 == 0 {
-            return Err(ActivateError::Other {
-                device: "vsock",
-                reason: "driver did not accept VIRTIO_F_VERSION_1".into(),
-            });
-        }
+        self.check_activation(&ctx)?;
         self.start_worker(ctx)
     }
 

@@ -161,6 +161,17 @@ impl Worker {
         }
     }
 
+    /// One round of the loop's work without waiting: tx chains, host socket
+    /// events, timers, rx buffers, used tx chains (for the fuzzer).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn round(&mut self) -> Result<(), WorkerError> {
+        self.process_tx()?;
+        self.muxer.process_host_events(&self.mem);
+        self.muxer.process_timers(Instant::now());
+        self.process_rx()?;
+        self.return_tx()
+    }
+
     /// Hands every available tx chain to the muxer.
     fn process_tx(&mut self) -> Result<(), WorkerError> {
         let mem = &self.mem;
