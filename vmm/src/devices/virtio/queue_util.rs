@@ -29,7 +29,7 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemory as _, GuestMemoryError
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{GuestMemory, Interrupt};
+use super::{ActivateError, GuestMemory, Interrupt};
 
 /// One guest-memory buffer of a descriptor: `len` bytes at `addr`, checked to lie
 /// inside guest memory when the chain was parsed.
@@ -556,6 +556,42 @@ impl Drop for WorkerThread {
     }
 }
 
+/// The worker of a device that runs one thread while active: empty until
+/// `activate`, filled by [`WorkerSlot::start`], emptied by `reset`.
+#[derive(Debug, Default)]
+pub struct WorkerSlot(Option<WorkerThread>);
+
+impl WorkerSlot {
+    /// Refuses a second activation: the driver must reset the device first.
+    pub fn ensure_idle(&self, device: &'static str) -> Result<(), ActivateError> {
+        match self.0 {
+            Some(_) => Err(ActivateError::Other {
+                device,
+                reason: "already active".to_string(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts `body` as the device's worker (see [`WorkerThread::spawn`]).
+    pub fn start<F>(&mut self, device: &'static str, body: F) -> Result<(), ActivateError>
+    where
+        F: FnOnce(EventFd) + Send + 'static,
+    {
+        self.ensure_idle(device)?;
+        let worker = WorkerThread::spawn(device, body)
+            .map_err(|source| ActivateError::Io { device, source })?;
+        self.0 = Some(worker);
+        Ok(())
+    }
+
+    /// Stops the worker, if any, and waits for it: what `reset` returns.
+    /// `false` if the worker panicked or could not be told to stop.
+    pub fn stop(&mut self) -> bool {
+        self.0.take().is_none_or(WorkerThread::stop)
+    }
+}
+
 /// Test helpers: the guest driver side of a split queue over simulated guest
 /// memory, built on `virtio_queue::mock::MockSplitQueue`. Other crates (the
 /// fuzzer) get them with the `test-utils` feature.
@@ -1003,5 +1039,30 @@ mod tests {
         assert!(w.stop());
         let w = WorkerThread::spawn("test", |_stop| panic!("worker bug")).unwrap();
         assert!(!w.stop(), "a panicked worker is reported");
+    }
+
+    /// Waits for the stop eventfd, as a worker loop does.
+    fn wait_for_stop(stop: EventFd) {
+        let mut el = EventLoop::new().unwrap();
+        el.add(std::os::fd::AsRawFd::as_raw_fd(&stop), 1).unwrap();
+        while !el.wait().unwrap().contains(&1) {}
+    }
+
+    #[test]
+    fn worker_slot_runs_one_worker_at_a_time() {
+        let mut slot = WorkerSlot::default();
+        assert!(slot.stop(), "stopping an idle device is a clean reset");
+        slot.ensure_idle("test").unwrap();
+        slot.start("test", wait_for_stop).unwrap();
+        let again = slot.start("test", wait_for_stop).unwrap_err();
+        assert!(again.to_string().contains("already active"), "{again}");
+        assert!(slot.ensure_idle("test").is_err());
+        assert!(slot.stop());
+        // Idle again: a reset device can be activated anew.
+        slot.start("test", wait_for_stop).unwrap();
+        assert!(slot.stop());
+        slot.start("test", |_stop| panic!("worker bug")).unwrap();
+        assert!(!slot.stop(), "a panicked worker fails the reset");
+        assert!(slot.stop(), "and leaves the slot idle");
     }
 }

@@ -30,7 +30,7 @@ use vm_memory::{ByteValued, Le16, Le32, Le64};
 
 use self::disk::Disk;
 pub use self::disk::SECTOR_SIZE;
-use super::queue_util::{DeviceQueue, WorkerThread};
+use super::queue_util::{DeviceQueue, WorkerSlot};
 use super::{ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// Entries in the request queue.
@@ -156,7 +156,7 @@ pub struct Block {
     config_space: BlockConfigSpace,
     features: u64,
     stats: Arc<BlockStats>,
-    worker: Option<WorkerThread>,
+    worker: WorkerSlot,
 }
 
 impl Block {
@@ -248,7 +248,7 @@ impl Block {
             config_space,
             features,
             stats: Arc::new(BlockStats::default()),
-            worker: None,
+            worker: WorkerSlot::default(),
         }
     }
 
@@ -296,29 +296,13 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
-            return Err(ActivateError::Other {
-                device: NAME,
-                reason: "already active".to_string(),
-            });
-        }
+        self.worker.ensure_idle(NAME)?;
         let w = self.build_worker(ctx)?;
-        let worker =
-            WorkerThread::spawn(NAME, move |stop| worker::run(w, stop)).map_err(|source| {
-                ActivateError::Io {
-                    device: NAME,
-                    source,
-                }
-            })?;
-        self.worker = Some(worker);
-        Ok(())
+        self.worker.start(NAME, move |stop| worker::run(w, stop))
     }
 
     fn reset(&mut self) -> bool {
-        match self.worker.take() {
-            Some(w) => w.stop(),
-            None => true,
-        }
+        self.worker.stop()
     }
 }
 

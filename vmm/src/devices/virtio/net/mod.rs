@@ -21,7 +21,7 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
 use vm_memory::{ByteValued, Le16};
 
 use self::tap::{Tap, TapError};
-use super::queue_util::{DeviceQueue, WorkerThread};
+use super::queue_util::{DeviceQueue, WorkerSlot};
 use super::{ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// Entries in each of the rx and tx queues.
@@ -132,7 +132,7 @@ pub struct Net {
     config_space: NetConfigSpace,
     features: u64,
     stats: Arc<NetStats>,
-    worker: Option<WorkerThread>,
+    worker: WorkerSlot,
 }
 
 fn format_mac(mac: &[u8; 6]) -> String {
@@ -190,7 +190,7 @@ impl Net {
                 | 1 << VIRTIO_NET_F_MAC
                 | 1 << VIRTIO_NET_F_MRG_RXBUF,
             stats: Arc::new(NetStats::default()),
-            worker: None,
+            worker: WorkerSlot::default(),
         }
     }
 
@@ -232,29 +232,13 @@ impl VirtioDevice for Net {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
-            return Err(ActivateError::Other {
-                device: NAME,
-                reason: "already active".to_string(),
-            });
-        }
+        self.worker.ensure_idle(NAME)?;
         let w = self.build_worker(ctx)?;
-        let worker =
-            WorkerThread::spawn(NAME, move |stop| worker::run(w, stop)).map_err(|source| {
-                ActivateError::Io {
-                    device: NAME,
-                    source,
-                }
-            })?;
-        self.worker = Some(worker);
-        Ok(())
+        self.worker.start(NAME, move |stop| worker::run(w, stop))
     }
 
     fn reset(&mut self) -> bool {
-        match self.worker.take() {
-            Some(w) => w.stop(),
-            None => true,
-        }
+        self.worker.stop()
     }
 }
 

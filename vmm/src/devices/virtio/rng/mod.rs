@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 
-use super::queue_util::{DeviceQueue, WorkerThread};
+use super::queue_util::{DeviceQueue, WorkerSlot};
 use super::{ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// Entries in the request queue.
@@ -75,7 +75,7 @@ impl RngStats {
 pub struct Rng {
     config: RngConfig,
     stats: Arc<RngStats>,
-    worker: Option<WorkerThread>,
+    worker: WorkerSlot,
 }
 
 impl Rng {
@@ -89,7 +89,7 @@ impl Rng {
         Ok(Rng {
             config,
             stats: Arc::new(RngStats::default()),
-            worker: None,
+            worker: WorkerSlot::default(),
         })
     }
 
@@ -122,12 +122,7 @@ impl VirtioDevice for Rng {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
-            return Err(ActivateError::Other {
-                device: NAME,
-                reason: "already active".to_string(),
-            });
-        }
+        self.worker.ensure_idle(NAME)?;
         let ActivateContext {
             mem,
             acked_features: _,
@@ -148,24 +143,15 @@ impl VirtioDevice for Rng {
         let queue = DeviceQueue::new(q.queue, q.notify);
         let limit = self.config.max_bytes_per_request;
         let stats = Arc::clone(&self.stats);
-        let worker = WorkerThread::spawn(NAME, move |stop| {
+        self.worker.start(NAME, move |stop| {
             worker::run(worker::RngWorker::new(
                 mem, queue, interrupt, limit, stats, stop,
             ))
         })
-        .map_err(|source: io::Error| ActivateError::Io {
-            device: NAME,
-            source,
-        })?;
-        self.worker = Some(worker);
-        Ok(())
     }
 
     fn reset(&mut self) -> bool {
-        match self.worker.take() {
-            Some(w) => w.stop(),
-            None => true,
-        }
+        self.worker.stop()
     }
 }
 
