@@ -484,8 +484,18 @@ impl VmConfig {
                 ),
             ));
         }
-        linux_loader::cmdline::Cmdline::try_from(cmdline, arch::CMDLINE_MAX_SIZE)
+        let parsed = linux_loader::cmdline::Cmdline::try_from(cmdline, arch::CMDLINE_MAX_SIZE)
             .map_err(|e| invalid("cmdline", e.to_string()))?;
+        // Init arguments (after ` -- `) go to the kernel after its own; with
+        // none of its own the kernel would read the init's as its own, and
+        // linux-loader refuses to write such a line. Refused here, where the
+        // message can name the field, not when the VM is half built.
+        if let Err(linux_loader::cmdline::Error::NoBootArgsInserted) = parsed.as_cstring() {
+            return Err(invalid(
+                "cmdline",
+                "arguments after `--` (for init) need kernel arguments before them",
+            ));
+        }
         if let ConsoleOutput::File(p) = &self.console.output {
             if p.as_os_str().is_empty() {
                 return Err(invalid("console.output.file", "empty path"));
@@ -784,6 +794,16 @@ mod tests {
             (
                 VmConfig {
                     cmdline: Some("a".repeat(5000)),
+                    ..base()
+                },
+                "cmdline",
+            ),
+            (
+                // Found by fuzzing (fuzz/corpus/vmm_config/crash-init-args-only):
+                // this passed validation and failed the boot with exit 1 and
+                // "invalid command line provided".
+                VmConfig {
+                    cmdline: Some("   -- init_arg".into()),
                     ..base()
                 },
                 "cmdline",
