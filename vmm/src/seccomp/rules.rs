@@ -74,7 +74,7 @@ impl Allowed {
     pub(super) fn into_rules(self) -> BTreeMap<i64, Vec<SeccompRule>> {
         self.0
             .into_iter()
-            .map(|(nr, rules)| (i64::from(nr), rules.unwrap_or_default()))
+            .map(|(nr, rules)| (nr, rules.unwrap_or_default()))
             .collect()
     }
 }

@@ -101,20 +101,20 @@ fn ioctl_request_numbers_match_the_kernel_headers() {
     use vmm_sys_util::ioctl_io_nr;
     const KVMIO: u32 = 0xae;
     ioctl_io_nr!(KVM_RUN_NR, KVMIO, 0x80);
-    assert_eq!(KVM_RUN, u64::from(KVM_RUN_NR()));
+    assert_eq!(KVM_RUN, KVM_RUN_NR());
     #[cfg(target_arch = "x86_64")]
     {
         use vmm_sys_util::ioctl_ior_nr;
         ioctl_ior_nr!(KVM_GET_REGS_NR, KVMIO, 0x81, kvm_bindings::kvm_regs);
-        assert_eq!(rules::KVM_GET_REGS, u64::from(KVM_GET_REGS_NR()));
+        assert_eq!(rules::KVM_GET_REGS, KVM_GET_REGS_NR());
     }
     #[cfg(target_arch = "aarch64")]
     {
         use vmm_sys_util::ioctl_iow_nr;
         ioctl_iow_nr!(KVM_GET_ONE_REG_NR, KVMIO, 0xab, kvm_bindings::kvm_one_reg);
-        assert_eq!(rules::KVM_GET_ONE_REG, u64::from(KVM_GET_ONE_REG_NR()));
+        assert_eq!(rules::KVM_GET_ONE_REG, KVM_GET_ONE_REG_NR());
     }
-    assert_eq!(FIONBIO, libc::FIONBIO as u64);
+    assert_eq!(FIONBIO, libc::FIONBIO);
 }
 
 #[test]
