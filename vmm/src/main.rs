@@ -37,17 +37,25 @@ fn main() -> std::process::ExitCode {
             return ExitCode::BadConfig.into();
         }
     };
-    let vmm = match build_microvm(&config, start) {
+    let mut vmm = match build_microvm(&config, start) {
         Ok(vmm) => vmm,
         Err(e) => {
             eprintln!("moat-vmm: {e}");
             return e.exit_code().into();
         }
     };
+    // Ordering: helper threads before `start`, which confines this thread
+    // with a filter that allows no thread creation.
     if signals_blocked.is_ok() {
-        if let Err(e) = moat_vmm::signals::spawn_stop_watcher(vmm.exit_handle()) {
+        if let Err(e) =
+            moat_vmm::signals::spawn_stop_watcher(vmm.exit_handle(), vmm.seccomp_filters())
+        {
             tracing::warn!(error = %e, "start the signal thread; SIGTERM/SIGINT are ignored");
         }
+    }
+    if let Err(e) = vmm.start() {
+        eprintln!("moat-vmm: {e}");
+        return ExitCode::Error.into();
     }
     let reason = vmm.wait();
     let code = reason.exit_code();
