@@ -11,6 +11,9 @@ use moat_vmm::exit::ExitCode;
 fn main() -> std::process::ExitCode {
     // The boot-time marker counts from here.
     let start = Instant::now();
+    // Before any thread exists: one malloc arena (see the function's comment;
+    // a confined thread may not open files).
+    moat_vmm::seccomp::single_malloc_arena();
     // Before any thread exists, so every thread inherits the mask.
     let signals_blocked = moat_vmm::signals::block_stop_signals();
     let cli = match Cli::try_parse() {

@@ -113,6 +113,8 @@ pub fn spawn_worker<F>(name: String, kind: WorkerKind, body: F) -> io::Result<Jo
 where
     F: FnOnce() + Send + 'static,
 {
+    #[cfg(test)]
+    confine_test_workers();
     let Some(launcher) = LAUNCHER.get() else {
         return std::thread::Builder::new().name(name).spawn(body);
     };
@@ -128,4 +130,20 @@ where
     reply_rx
         .recv()
         .map_err(|_| io::Error::other("worker launcher did not answer"))?
+}
+
+/// Test builds only: with `MOAT_TEST_SECCOMP_WORKERS=1`, every worker the
+/// unit tests start goes through a launcher and runs confined, so the device
+/// tests (`cargo test devices::virtio`) check the worker lists against real
+/// device traffic. A refused call ends the test process with status 159 and
+/// the report line. Run them with `MALLOC_ARENA_MAX=1`, as moat-vmm runs
+/// (see `single_malloc_arena`).
+#[cfg(test)]
+fn confine_test_workers() {
+    if LAUNCHER.get().is_some() || std::env::var_os("MOAT_TEST_SECCOMP_WORKERS").is_none() {
+        return;
+    }
+    let filters =
+        Filters::compile(crate::vstate::vcpu::kick_signal()).unwrap_or_else(|e| panic!("{e}"));
+    start_launcher(&filters).unwrap_or_else(|e| panic!("{e}"));
 }

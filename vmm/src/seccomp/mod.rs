@@ -182,6 +182,25 @@ impl Filters {
     }
 }
 
+/// Makes glibc's malloc keep one arena for every thread. Call first thing in
+/// `main`, before any thread exists.
+///
+/// Why: when glibc shrinks the heap of a per-thread arena it reads
+/// `/proc/sys/vm/overcommit_memory` (once per process, at the first shrink,
+/// which can come long after boot), and `openat` is refused to every thread
+/// but the virtio-fs worker. With one arena there are no per-thread heaps to
+/// shrink (the main arena trims with `brk`). musl's malloc has no arenas.
+/// The unit tests that confine workers run with `MALLOC_ARENA_MAX=1` for the
+/// same reason.
+pub fn single_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt takes two integers; M_ARENA_MAX only bounds how many
+    // arenas later allocations may create.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 /// Confines the calling thread with the filter of `kind`, for good. The SIGSYS
 /// handler is installed first (once per process), and the thread's name kept
 /// for its report.
