@@ -122,6 +122,16 @@ impl Vmm {
     }
 }
 
+impl Drop for Vmm {
+    /// A VM dropped unstarted (a failed `start`, an embedder's early return)
+    /// lets its vCPU threads end instead of waiting at the gate for good.
+    fn drop(&mut self) {
+        if !self.started {
+            self.gate.abort();
+        }
+    }
+}
+
 /// Feeds stdin to the serial console until stdin closes or the VM stops. Bytes
 /// the guest has no room for yet wait here, never dropped. The thread confines
 /// itself with the main filter first.

@@ -521,6 +521,28 @@ mod tests {
     }
 
     #[test]
+    fn the_start_gate_releases_or_aborts_every_waiter_once() {
+        let gate = StartGate::new();
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let g = gate.clone();
+                std::thread::spawn(move || g.wait())
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(10));
+        gate.open();
+        gate.abort(); // too late: the first decision stands
+        for w in waiters {
+            assert!(w.join().unwrap());
+        }
+        assert!(gate.wait(), "a late waiter sees the gate open");
+        let aborted = StartGate::new();
+        aborted.abort();
+        aborted.open();
+        assert!(!aborted.wait());
+    }
+
+    #[test]
     fn stop_vcpus_kicks_threads_blocked_in_a_syscall() {
         register_kick_signal().unwrap();
         let exit = ExitHandle::new();
