@@ -74,6 +74,17 @@ impl WorkerKind {
         WorkerKind::Fs,
     ];
 
+    /// Lower-case name, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkerKind::Block => "block",
+            WorkerKind::Net => "net",
+            WorkerKind::Rng => "rng",
+            WorkerKind::Vsock => "vsock",
+            WorkerKind::Fs => "fs",
+        }
+    }
+
     fn index(self) -> usize {
         match self {
             WorkerKind::Block => 0,
@@ -91,7 +102,7 @@ impl std::fmt::Display for ThreadKind {
             ThreadKind::Main => write!(f, "main"),
             ThreadKind::Vcpu => write!(f, "vcpu"),
             ThreadKind::Launcher => write!(f, "launcher"),
-            ThreadKind::Worker(kind) => write!(f, "{kind:?} worker"),
+            ThreadKind::Worker(kind) => write!(f, "{} worker", kind.name()),
         }
     }
 }
