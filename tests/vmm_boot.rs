@@ -18,6 +18,9 @@ use moat_tests::{
     GuestArch,
 };
 
+/// moat-vmm's debug line once every thread is confined (`Vmm::start`).
+const SECCOMP_LINE: &str = "seccomp filters installed";
+
 /// `elapsed_us` of moat-vmm's debug line `first KVM_RUN vcpu=0 elapsed_us=N`.
 fn first_kvm_run_us(stderr: &[String]) -> Option<u64> {
     stderr
@@ -141,6 +144,19 @@ fn moat_vmm_boots_the_guest_kernel_to_init() {
             "{name}: {stderr:?}"
         );
     }
+    // Every boot runs with the seccomp filters on (the default); the debug
+    // line says they are installed, and no thread tripped over them.
+    for name in ["pvh", "linux64"] {
+        let stderr = &cases[name].stderr;
+        assert!(
+            stderr.iter().any(|l| l.contains(SECCOMP_LINE)),
+            "{name}: {stderr:?}"
+        );
+    }
+    assert!(
+        !stdout.contains("bad syscall"),
+        "a thread made a syscall its filter refuses: {stdout}"
+    );
     // The VMM's own share of boot time, on the boot marker's clock.
     let pvh = &cases["pvh"];
     let first_run = first_kvm_run_us(&pvh.stderr);
@@ -189,6 +205,10 @@ fn moat_vmm_boots_the_guest_kernel_to_init() {
     assert!(
         devices.marker_us().is_some(),
         "devices: no boot marker: {stderr:?}"
+    );
+    assert!(
+        stderr.iter().any(|l| l.contains(SECCOMP_LINE)),
+        "devices: filters not installed: {stderr:?}"
     );
     assert!(
         stderr

@@ -97,6 +97,8 @@ fn moat_vmm_boots_the_arm64_guest_kernel_to_init() {
         "gicv3 created",
         "device tree written",
         "kernel Image loaded",
+        // With the seccomp filters on (the default), every thread confined.
+        "seccomp filters installed",
     ] {
         assert!(poweroff.stderr_has(step), "no {step:?}: {poweroff:?}");
     }
@@ -120,6 +122,10 @@ fn moat_vmm_boots_the_arm64_guest_kernel_to_init() {
     let devices = case("devices");
     notice(&format!("{test} devices: {:?}", devices.console));
     assert_eq!(devices.status, 0, "devices: {devices:?}");
+    assert!(
+        devices.stderr_has("seccomp filters installed"),
+        "devices: {devices:?}"
+    );
     let line = |prefix: &str| {
         devices
             .console

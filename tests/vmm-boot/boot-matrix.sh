@@ -78,7 +78,8 @@ if [ -x ./bin/moat-vsock-peer ]; then
         n=$((n + 1))
     done
 fi
-run devices --cmdline "$base -- devices ro=ro $vsock_opt" --rng \
+# moat_vmm::vmm=debug: the line saying the seccomp filters are installed.
+run devices --cmdline "$base -- devices ro=ro $vsock_opt" --rng --log moat_vmm::vmm=debug \
     --disk "path=$tmp/disk.img,ro" --fs "tag=share,path=$tmp/share" \
     --fs "tag=ro,path=$tmp/ro,ro" --vsock-cid 3 --vsock-uds "$tmp/v.sock"
 if [ -n "$peer" ]; then

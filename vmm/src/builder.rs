@@ -4,7 +4,8 @@
 //! `enter_fs_sandbox` → `build_virtio_devices` → `create_vm` → `setup_memory` →
 //! `load_kernel` → `setup_irqchip` → `create_vcpus` (then `Irqchip::finish`) →
 //! `attach_legacy_devices` → `attach_boot_marker` → `attach_virtio_device`
-//! (each) → `configure_system` → `start_vcpus`.
+//! (each) → `configure_system` → `start_vcpus`; the caller then runs
+//! `Vmm::start`, which confines the main thread and lets the vCPUs run.
 //!
 //! The same recipe builds x86_64 and aarch64 VMs: `arch` exports the same names
 //! for both. Ordering rules are stated where they bind; where the two
@@ -31,9 +32,10 @@ use crate::devices::virtio::mmio::{MmioTransport, MmioTransportError, NOTIFY_REG
 use crate::devices::virtio::{block, fs, net, rng, vsock};
 use crate::devices::virtio::{GuestMemory, Interrupt, VirtioDevice};
 use crate::exit::{ExitCode, ExitHandle};
+use crate::seccomp::{self, Filters, SeccompError};
 use crate::vmm::Vmm;
 use crate::vstate::memory::{create_guest_memory, GuestRam, MemoryError};
-use crate::vstate::vcpu::{self, Vcpu};
+use crate::vstate::vcpu::{self, StartGate, Vcpu};
 use crate::vstate::vm::{CreateVmError, RegisterEventError, RegisterMemoryError, Vm};
 
 /// Why a virtio device could not be created from its configuration.
@@ -251,6 +253,8 @@ pub enum StartVmError {
     CreateVcpus(#[from] CreateVcpusError),
     #[error(transparent)]
     StartVcpus(#[from] StartVcpusError),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
 }
 
 impl StartVmError {
@@ -487,22 +491,29 @@ fn create_vcpus(
     Ok(CreatedVcpus { fds, infos })
 }
 
-/// Starts one thread per vCPU, each dispatching its exits to `buses`. If one
-/// cannot start, the others are stopped. Each logs at debug level when it
-/// first enters `KVM_RUN`, counted from `start` (the VMM process's start).
+/// Starts one thread per vCPU, each dispatching its exits to `buses`. Each
+/// installs the vCPU filter (with `filters`) and then waits for `gate` before
+/// its first `KVM_RUN`. If one cannot start, the others are stopped. Each logs
+/// at debug level when it first enters `KVM_RUN`, counted from `start` (the
+/// VMM process's start).
 fn start_vcpus(
     fds: Vec<kvm_ioctls::VcpuFd>,
     buses: &Arc<Buses>,
     exit: &ExitHandle,
     start: Instant,
+    filters: Option<&Arc<Filters>>,
+    gate: &StartGate,
 ) -> Result<Vec<std::thread::JoinHandle<()>>, StartVcpusError> {
     vcpu::register_kick_signal().map_err(StartVcpusError::Signal)?;
     let mut handles = Vec::with_capacity(fds.len());
     for (id, fd) in (0u8..).zip(fds) {
-        let vcpu = Vcpu::new(id, fd, buses.clone(), exit.clone()).report_first_run(start);
+        let vcpu = Vcpu::new(id, fd, buses.clone(), exit.clone())
+            .report_first_run(start)
+            .confined(filters.cloned(), gate.clone());
         match vcpu.start() {
             Ok(handle) => handles.push(handle),
             Err(e) => {
+                gate.abort();
                 vcpu::stop_vcpus(exit, handles, Duration::from_secs(1));
                 return Err(StartVcpusError::Thread(e));
             }
@@ -515,8 +526,9 @@ fn elapsed_us(start: Instant) -> u128 {
     start.elapsed().as_micros()
 }
 
-/// Builds the VM described by `config` and starts it. `start` is when the VMM
-/// process started (the boot marker's zero).
+/// Builds the VM described by `config`, its vCPU threads started and held
+/// before their first `KVM_RUN` until [`Vmm::start`] (or [`Vmm::wait`]).
+/// `start` is when the VMM process started (the boot marker's zero).
 pub fn build_microvm(config: &VmConfig, start: Instant) -> Result<Vmm, StartVmError> {
     build_microvm_with(config, start, Vec::new())
 }
@@ -529,6 +541,15 @@ pub fn build_microvm_with(
     extra: Vec<Box<dyn VirtioDevice>>,
 ) -> Result<Vmm, StartVmError> {
     config.validate()?;
+    // Compiled first, so a filter that cannot be built fails before any work.
+    let filters = if config.seccomp {
+        Some(Filters::compile(vcpu::kick_signal())?)
+    } else {
+        tracing::warn!(
+            "seccomp filters are off: a guest that exploits a device bug gets every syscall of the VMM"
+        );
+        None
+    };
     // Ordering: the virtio-fs sandbox needs a single-threaded process and comes
     // before the shares are opened.
     enter_fs_sandbox(config)?;
@@ -597,10 +618,19 @@ pub fn build_microvm_with(
         &virtio_infos,
     )?;
 
+    // Ordering: the worker launcher comes before the vCPUs. Devices ask for
+    // their workers from vCPU threads; the launcher, confined to what workers
+    // may do, starts them, so they do not inherit the vCPU filter.
+    if let Some(filters) = &filters {
+        seccomp::start_launcher(filters)?;
+    }
     // Ordering: buses are complete and read-only from here on; vCPUs share
-    // them. vCPUs start last, once everything they can reach exists.
+    // them. vCPUs start last, once everything they can reach exists; each
+    // confines itself and waits at the gate, which `Vmm::start` opens once
+    // the main thread is confined too.
     let buses = Arc::new(buses);
-    let handles = start_vcpus(vcpus.fds, &buses, &exit, start)?;
+    let gate = StartGate::new();
+    let handles = start_vcpus(vcpus.fds, &buses, &exit, start, filters.as_ref(), &gate)?;
     tracing::debug!(elapsed_us = elapsed_us(start), "vcpus started");
     Ok(Vmm::new(
         vm,
@@ -610,6 +640,8 @@ pub fn build_microvm_with(
         serial,
         transports,
         config.console.input,
+        gate,
+        filters,
     ))
 }
 

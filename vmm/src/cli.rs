@@ -15,7 +15,8 @@ use crate::config::{
 ///
 /// Exit status: 0 the guest rebooted or powered off; 1 VMM error; 2 bad
 /// configuration (or a device refused its configuration); 3 guest kernel panic; 4 triple fault;
-/// 5 KVM could not run a vCPU; 130/143 stopped by SIGINT/SIGTERM.
+/// 5 KVM could not run a vCPU; 130/143 stopped by SIGINT/SIGTERM; 159 a VMM
+/// thread made a syscall its seccomp filter refuses.
 #[derive(Debug, Parser)]
 #[command(name = "moat-vmm", version, args_override_self = true)]
 pub struct Cli {
@@ -64,6 +65,10 @@ pub struct Cli {
     /// Add a virtio-rng device.
     #[arg(long)]
     pub rng: bool,
+    /// Run without the seccomp filters on the VMM's threads (debugging only:
+    /// a guest that exploits a device bug then has every syscall of the VMM).
+    #[arg(long)]
+    pub no_seccomp: bool,
     /// Log filter (tracing syntax, e.g. `debug` or `moat_vmm=debug`); default
     /// from MOAT_VMM_LOG, else `warn`.
     #[arg(long, value_name = "FILTER")]
@@ -113,6 +118,9 @@ impl Cli {
         cfg.disks.extend(self.disk.iter().cloned());
         if self.rng {
             cfg.rng = Some(RngConfig {});
+        }
+        if self.no_seccomp {
+            cfg.seccomp = false;
         }
         Ok(cfg)
     }
@@ -190,6 +198,26 @@ mod tests {
         assert_eq!(cfg.vcpus, 1);
         assert_eq!(cfg.kernel, Some("/from-file".into()));
         assert_eq!(cfg.fs.len(), 2, "repeatable devices add to the file's");
+        assert!(cfg.seccomp);
+    }
+
+    #[test]
+    fn no_seccomp_turns_the_filters_off() {
+        assert!(
+            cli(&["--kernel", "/k"])
+                .unwrap()
+                .to_config()
+                .unwrap()
+                .seccomp
+        );
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        write!(file, r#"{{"kernel": "/k", "seccomp": true}}"#).unwrap();
+        let path = file.path().to_str().unwrap();
+        let cfg = cli(&["--config", path, "--no-seccomp"])
+            .unwrap()
+            .to_config()
+            .unwrap();
+        assert!(!cfg.seccomp, "the flag wins over the file");
     }
 
     #[test]

@@ -20,7 +20,8 @@
 //!                                          { "guest_path": "/upper", "host_dir": "/c1/upper" } ] } ],
 //!   "net": [ { "tap": "moat0", "mac": "02:00:00:00:00:01" } ],
 //!   "disks": [ { "path": "/c1/scratch.img", "read_only": false, "id": "scratch" } ],
-//!   "rng": {}
+//!   "rng": {},
+//!   "seccomp": true
 //! }
 //! ```
 
@@ -48,6 +49,10 @@ fn default_vcpus() -> u8 {
 
 fn default_memory_mib() -> u32 {
     128
+}
+
+fn default_seccomp() -> bool {
+    true
 }
 
 fn default_request_queues() -> u16 {
@@ -306,6 +311,10 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     #[serde(default)]
     pub rng: Option<RngConfig>,
+    /// Confine the VMM's threads with seccomp filters (default on; off only
+    /// for debugging, see `--no-seccomp`).
+    #[serde(default = "default_seccomp")]
+    pub seccomp: bool,
 }
 
 impl Default for VmConfig {
@@ -323,6 +332,7 @@ impl Default for VmConfig {
             net: Vec::new(),
             disks: Vec::new(),
             rng: None,
+            seccomp: default_seccomp(),
         }
     }
 }
@@ -646,6 +656,13 @@ mod tests {
         assert_eq!(cfg.net[0].mac_bytes().unwrap(), Some([2, 0, 0, 0, 0, 1]));
         assert_eq!(cfg.virtio_device_count(), 6);
         assert_eq!(cfg.memory_bytes(), 256 << 20);
+        assert!(cfg.seccomp, "seccomp is on unless turned off");
+        let off = parse(r#"{"kernel": "/k", "seccomp": false}"#).unwrap();
+        assert!(!off.seccomp);
+        assert_eq!(
+            field_of(parse(r#"{"seccomp": "no"}"#).unwrap_err()),
+            "seccomp"
+        );
     }
 
     #[test]
@@ -686,6 +703,7 @@ mod tests {
             net: vec!["moat0,mac=02:00:00:00:00:01".parse().unwrap()],
             disks: vec!["path=/d.img,ro,id=x".parse().unwrap()],
             rng: Some(RngConfig {}),
+            seccomp: false,
         };
         let text = serde_json::to_string(&cfg).unwrap();
         assert_eq!(parse(&text).unwrap(), cfg, "{text}");

@@ -43,6 +43,11 @@ pub enum ExitCode {
     /// KVM could not run a vCPU: internal error, emulation failure, failed
     /// entry, or an exit the VMM does not handle.
     VcpuFault = 5,
+    /// A VMM thread made a syscall its seccomp filter refuses (128 + SIGSYS,
+    /// as a shell reports a process killed by SIGSYS). The SIGSYS handler
+    /// exits at once, without stopping vCPUs or flushing the console; stderr
+    /// has `moat-vmm: bad syscall <nr> on thread <name>`.
+    BadSyscall = 159,
     /// Stopped by SIGINT (128 + 2), after stopping the vCPUs and flushing the
     /// console.
     Interrupted = 130,
@@ -273,10 +278,13 @@ mod tests {
             ExitCode::VcpuFault,
             ExitCode::Interrupted,
             ExitCode::Terminated,
+            ExitCode::BadSyscall,
         ];
         let mut values: Vec<u8> = codes.iter().map(|c| *c as u8).collect();
+        values.sort_unstable();
         values.dedup();
-        assert_eq!(values, vec![0, 1, 2, 3, 4, 5, 130, 143]);
+        assert_eq!(values, vec![0, 1, 2, 3, 4, 5, 130, 143, 159]);
+        assert_eq!(ExitCode::BadSyscall as i32, 128 + libc::SIGSYS);
         let term = VmExit::Signalled {
             signal: libc::SIGTERM,
         };

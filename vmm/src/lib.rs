@@ -4,8 +4,9 @@
 //!
 //! Map: `config`/`cli` (what to build) → `builder` (the recipe) → `vmm` (the
 //! running VM) with `vstate` (KVM VM and vCPUs), `arch` (per-architecture boot),
-//! `devices` (bus, legacy devices, boot marker, virtio transport and devices) and
-//! `exit` (why the VM stopped, process exit codes).
+//! `devices` (bus, legacy devices, boot marker, virtio transport and devices),
+//! `exit` (why the VM stopped, process exit codes) and `seccomp` (per-thread
+//! syscall filters).
 
 pub mod arch;
 pub mod builder;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod devices;
 pub mod exit;
 pub mod logger;
+pub mod seccomp;
 pub mod signals;
 pub mod vmm;
 pub mod vstate;

@@ -11,6 +11,9 @@ use moat_vmm::exit::ExitCode;
 fn main() -> std::process::ExitCode {
     // The boot-time marker counts from here.
     let start = Instant::now();
+    // Before any thread exists: one malloc arena (see the function's comment;
+    // a confined thread may not open files).
+    moat_vmm::seccomp::single_malloc_arena();
     // Before any thread exists, so every thread inherits the mask.
     let signals_blocked = moat_vmm::signals::block_stop_signals();
     let cli = match Cli::try_parse() {
@@ -37,17 +40,25 @@ fn main() -> std::process::ExitCode {
             return ExitCode::BadConfig.into();
         }
     };
-    let vmm = match build_microvm(&config, start) {
+    let mut vmm = match build_microvm(&config, start) {
         Ok(vmm) => vmm,
         Err(e) => {
             eprintln!("moat-vmm: {e}");
             return e.exit_code().into();
         }
     };
+    // Ordering: helper threads before `start`, which confines this thread
+    // with a filter that allows no thread creation.
     if signals_blocked.is_ok() {
-        if let Err(e) = moat_vmm::signals::spawn_stop_watcher(vmm.exit_handle()) {
+        if let Err(e) =
+            moat_vmm::signals::spawn_stop_watcher(vmm.exit_handle(), vmm.seccomp_filters())
+        {
             tracing::warn!(error = %e, "start the signal thread; SIGTERM/SIGINT are ignored");
         }
+    }
+    if let Err(e) = vmm.start() {
+        eprintln!("moat-vmm: {e}");
+        return ExitCode::Error.into();
     }
     let reason = vmm.wait();
     let code = reason.exit_code();

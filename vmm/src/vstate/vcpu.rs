@@ -11,7 +11,7 @@
 
 use std::cell::Cell;
 use std::os::raw::{c_int, c_void};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,7 @@ use crate::arch;
 use crate::devices::bus::Buses;
 use crate::devices::GuestLogLimit;
 use crate::exit::{ExitHandle, VmExit};
+use crate::seccomp::{self, Filters, ThreadKind};
 
 /// Stack of a vCPU thread. It runs the exit handlers (devices' register
 /// accesses, virtio activation), never deep. Below 2 MiB on purpose: a stack
@@ -77,6 +78,49 @@ enum Next {
     InternalError,
 }
 
+/// Holds vCPU threads between their start and their first `KVM_RUN`, so each
+/// confines itself before the main thread does and before any runs guest code
+/// (see `Vmm::start`). Opened once, or aborted when the VM is dropped unstarted.
+#[derive(Debug, Clone, Default)]
+pub struct StartGate(Arc<(Mutex<Option<bool>>, Condvar)>);
+
+impl StartGate {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn set(&self, go: bool) {
+        let (state, cond) = &*self.0;
+        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.is_none() {
+            *state = Some(go);
+        }
+        cond.notify_all();
+    }
+
+    /// Lets every vCPU run.
+    pub fn open(&self) {
+        self.set(true);
+    }
+
+    /// Makes every vCPU end without running.
+    pub fn abort(&self) {
+        self.set(false);
+    }
+
+    /// Blocks until the gate is opened (`true`) or aborted (`false`).
+    fn wait(&self) -> bool {
+        let (state, cond) = &*self.0;
+        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(go) = *state {
+                return go;
+            }
+            state = cond.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
 /// One vCPU, ready to run.
 #[derive(Debug)]
 pub struct Vcpu {
@@ -87,6 +131,10 @@ pub struct Vcpu {
     warn: GuestLogLimit,
     /// The VMM process's start, when the first `KVM_RUN` is to be reported.
     first_run_from: Option<Instant>,
+    /// The filters, when the thread is to confine itself before it runs.
+    seccomp: Option<Arc<Filters>>,
+    /// Waited for before the first `KVM_RUN`, when set.
+    gate: Option<StartGate>,
 }
 
 impl Vcpu {
@@ -98,7 +146,17 @@ impl Vcpu {
             exit,
             warn: GuestLogLimit::new(32),
             first_run_from: None,
+            seccomp: None,
+            gate: None,
         }
+    }
+
+    /// Makes the thread install the vCPU filter before anything else, then
+    /// wait for `gate` before its first `KVM_RUN`.
+    pub fn confined(mut self, filters: Option<Arc<Filters>>, gate: StartGate) -> Self {
+        self.seccomp = filters;
+        self.gate = Some(gate);
+        self
     }
 
     /// Logs (at debug level, `first KVM_RUN ... elapsed_us=N`) how long after
@@ -122,6 +180,20 @@ impl Vcpu {
     }
 
     fn run(mut self) {
+        // Before any guest input: the filter, then the gate (the main thread
+        // confines itself meanwhile).
+        if let Err(e) = seccomp::install_if(self.seccomp.as_deref(), ThreadKind::Vcpu) {
+            self.exit.request(VmExit::VmmError {
+                reason: format!("vcpu {}: {e}", self.index),
+            });
+            return;
+        }
+        self.seccomp = None;
+        if let Some(gate) = self.gate.take() {
+            if !gate.wait() {
+                return;
+            }
+        }
         KVM_RUN.with(|run| run.set(self.fd.get_kvm_run()));
         if let Some(start) = self.first_run_from.take() {
             let elapsed_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -446,6 +518,28 @@ mod tests {
             handle_exit(1, VcpuExit::IoIn(0x3f8, &mut data), &buses, &mut warn),
             Next::Stop(VmExit::VcpuFault { vcpu: 1, .. })
         ));
+    }
+
+    #[test]
+    fn the_start_gate_releases_or_aborts_every_waiter_once() {
+        let gate = StartGate::new();
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let g = gate.clone();
+                std::thread::spawn(move || g.wait())
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(10));
+        gate.open();
+        gate.abort(); // too late: the first decision stands
+        for w in waiters {
+            assert!(w.join().unwrap());
+        }
+        assert!(gate.wait(), "a late waiter sees the gate open");
+        let aborted = StartGate::new();
+        aborted.abort();
+        aborted.open();
+        assert!(!aborted.wait());
     }
 
     #[test]

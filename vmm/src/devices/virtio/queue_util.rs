@@ -30,6 +30,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{ActivateError, GuestMemory, Interrupt};
+use crate::seccomp::{self, WorkerKind};
 
 /// One guest-memory buffer of a descriptor: `len` bytes at `addr`, checked to lie
 /// inside guest memory when the chain was parsed.
@@ -507,17 +508,18 @@ pub struct WorkerThread {
 }
 
 impl WorkerThread {
-    /// Starts `body` on a thread named `moat-<device>`. `body` gets the stop
-    /// eventfd: it must watch it and return once it becomes readable.
-    pub fn spawn<F>(device: &'static str, body: F) -> io::Result<Self>
+    /// Starts `body` on a thread named `moat-<device>`, confined to `kind`'s
+    /// seccomp filter when filters are on (see [`seccomp::spawn_worker`]).
+    /// `body` gets the stop eventfd: it must watch it and return once it
+    /// becomes readable.
+    pub fn spawn<F>(device: &'static str, kind: WorkerKind, body: F) -> io::Result<Self>
     where
         F: FnOnce(EventFd) + Send + 'static,
     {
         let stop = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
         let worker_stop = stop.try_clone()?;
-        let handle = std::thread::Builder::new()
-            .name(format!("moat-{device}"))
-            .spawn(move || body(worker_stop))?;
+        let handle =
+            seccomp::spawn_worker(format!("moat-{device}"), kind, move || body(worker_stop))?;
         Ok(WorkerThread {
             device,
             stop,
@@ -574,12 +576,17 @@ impl WorkerSlot {
     }
 
     /// Starts `body` as the device's worker (see [`WorkerThread::spawn`]).
-    pub fn start<F>(&mut self, device: &'static str, body: F) -> Result<(), ActivateError>
+    pub fn start<F>(
+        &mut self,
+        device: &'static str,
+        kind: WorkerKind,
+        body: F,
+    ) -> Result<(), ActivateError>
     where
         F: FnOnce(EventFd) + Send + 'static,
     {
         self.ensure_idle(device)?;
-        let worker = WorkerThread::spawn(device, body)
+        let worker = WorkerThread::spawn(device, kind, body)
             .map_err(|source| ActivateError::Io { device, source })?;
         self.0 = Some(worker);
         Ok(())
@@ -1026,7 +1033,7 @@ mod tests {
 
     #[test]
     fn worker_thread_stops() {
-        let w = WorkerThread::spawn("test", |stop| {
+        let w = WorkerThread::spawn("test", WorkerKind::Rng, |stop| {
             let mut el = EventLoop::new().unwrap();
             el.add(std::os::fd::AsRawFd::as_raw_fd(&stop), 1).unwrap();
             loop {
@@ -1037,7 +1044,7 @@ mod tests {
         })
         .unwrap();
         assert!(w.stop());
-        let w = WorkerThread::spawn("test", |_stop| panic!("worker bug")).unwrap();
+        let w = WorkerThread::spawn("test", WorkerKind::Rng, |_stop| panic!("worker bug")).unwrap();
         assert!(!w.stop(), "a panicked worker is reported");
     }
 
@@ -1053,15 +1060,18 @@ mod tests {
         let mut slot = WorkerSlot::default();
         assert!(slot.stop(), "stopping an idle device is a clean reset");
         slot.ensure_idle("test").unwrap();
-        slot.start("test", wait_for_stop).unwrap();
-        let again = slot.start("test", wait_for_stop).unwrap_err();
+        slot.start("test", WorkerKind::Rng, wait_for_stop).unwrap();
+        let again = slot
+            .start("test", WorkerKind::Rng, wait_for_stop)
+            .unwrap_err();
         assert!(again.to_string().contains("already active"), "{again}");
         assert!(slot.ensure_idle("test").is_err());
         assert!(slot.stop());
         // Idle again: a reset device can be activated anew.
-        slot.start("test", wait_for_stop).unwrap();
+        slot.start("test", WorkerKind::Rng, wait_for_stop).unwrap();
         assert!(slot.stop());
-        slot.start("test", |_stop| panic!("worker bug")).unwrap();
+        slot.start("test", WorkerKind::Rng, |_stop| panic!("worker bug"))
+            .unwrap();
         assert!(!slot.stop(), "a panicked worker fails the reset");
         assert!(slot.stop(), "and leaves the slot idle");
     }

@@ -37,10 +37,12 @@
 //!   `memfd`);
 //! - several mounts per device come with the library's `Vfs`; with virtiofsd
 //!   each directory is a daemon and a device;
-//! - the cost: the FUSE server runs with the VMM's privileges, so the VMM
-//!   itself must be confined (the sandbox here; seccomp is the builder's), and a
-//!   bug in the library runs in our address space. Panics in it are caught per
-//!   request (`worker.rs`).
+//! - the cost: the FUSE server runs in the VMM's process, so it must be
+//!   confined: the mount sandbox here (`sandbox.rs`), and the worker thread's
+//!   seccomp filter (`crate::seccomp`, the fs worker list: file calls by fd and
+//!   by `openat`, xattrs, the caller's credentials; no exec, no mount, no
+//!   sockets); and a bug in the library runs in our address space. Panics in
+//!   it are caught per request (`worker.rs`).
 //!
 //! # Cost, measured
 //! Release build on the 2-core build host, requests pipelined through the

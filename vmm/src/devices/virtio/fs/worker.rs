@@ -123,9 +123,9 @@ impl Worker {
     pub(super) fn spawn(self) -> std::io::Result<WorkerHandle> {
         let stop = self.stop.try_clone()?;
         let (ready_tx, ready_rx) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name(format!("virtio-fs-{}", self.tag))
-            .spawn(move || {
+        let name = format!("virtio-fs-{}", self.tag);
+        let thread =
+            crate::seccomp::spawn_worker(name, crate::seccomp::WorkerKind::Fs, move || {
                 let started = unshare_fs_struct().and_then(|()| self.epoll());
                 match started {
                     Ok(epoll) => {

@@ -234,7 +234,10 @@ impl VirtioDevice for Net {
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
         self.worker.ensure_idle(NAME)?;
         let w = self.build_worker(ctx)?;
-        self.worker.start(NAME, move |stop| worker::run(w, stop))
+        self.worker
+            .start(NAME, crate::seccomp::WorkerKind::Net, move |stop| {
+                worker::run(w, stop)
+            })
     }
 
     fn reset(&mut self) -> bool {

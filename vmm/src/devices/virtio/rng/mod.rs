@@ -143,11 +143,12 @@ impl VirtioDevice for Rng {
         let queue = DeviceQueue::new(q.queue, q.notify);
         let limit = self.config.max_bytes_per_request;
         let stats = Arc::clone(&self.stats);
-        self.worker.start(NAME, move |stop| {
-            worker::run(worker::RngWorker::new(
-                mem, queue, interrupt, limit, stats, stop,
-            ))
-        })
+        self.worker
+            .start(NAME, crate::seccomp::WorkerKind::Rng, move |stop| {
+                worker::run(worker::RngWorker::new(
+                    mem, queue, interrupt, limit, stats, stop,
+                ))
+            })
     }
 
     fn reset(&mut self) -> bool {

@@ -96,10 +96,13 @@ impl Worker {
         })
     }
 
+    /// Starts the worker thread, confined to the vsock worker filter when
+    /// seccomp is on.
     pub fn spawn(self) -> io::Result<JoinHandle<()>> {
-        std::thread::Builder::new()
-            .name("vsock".into())
-            .spawn(move || {
+        crate::seccomp::spawn_worker(
+            "vsock".into(),
+            crate::seccomp::WorkerKind::Vsock,
+            move || {
                 let mut w = self;
                 match w.run() {
                     Ok(()) => tracing::debug!(device = "vsock", "worker stopped"),
@@ -109,7 +112,8 @@ impl Worker {
                         "device failed; guest vsock connections are closed until the driver resets it"
                     ),
                 }
-            })
+            },
+        )
     }
 
     fn run(&mut self) -> Result<(), WorkerError> {
