@@ -270,14 +270,23 @@ fn open_mutates(flags: u32) -> bool {
     (flags & libc::O_ACCMODE) != libc::O_RDONLY || flags & (libc::O_TRUNC | libc::O_CREAT) != 0
 }
 
-/// Whether a `mknod` may go ahead: anything but a device node, or the overlayfs
-/// whiteout (character device 0/0).
+/// Whether a `mknod` of `mode` (as it will be created: after the umask) may go
+/// ahead: a regular file, FIFO or socket, or the overlayfs whiteout (character
+/// device 0/0). Anything else, block devices and types the kernel does not
+/// know included, is refused.
 fn mknod_allowed(mode: u32, rdev: u32) -> bool {
     match mode & libc::S_IFMT {
+        0 | libc::S_IFREG | libc::S_IFIFO | libc::S_IFSOCK => true,
         libc::S_IFCHR => rdev == 0,
-        libc::S_IFBLK => false,
-        _ => true,
+        _ => false,
     }
+}
+
+/// The guest's umask as a umask: permission bits only. Passthrough creates
+/// `mode & !umask`, so file-type bits in a guest's umask would change what
+/// kind of node is created after `mknod_allowed` looked at the mode.
+fn permission_umask(umask: u32) -> u32 {
+    umask & 0o7777
 }
 
 /// Runs `f` on a scoped thread that has its own `fs_struct` (root, cwd and
@@ -387,7 +396,8 @@ impl FileSystem for ShareFs {
         umask: u32,
     ) -> io::Result<Entry> {
         self.writable(inode)?;
-        if !mknod_allowed(mode, rdev) {
+        let umask = permission_umask(umask);
+        if !mknod_allowed(mode & !umask, rdev) {
             tracing::warn!(mode, rdev, "virtio-fs: refused mknod of a device node");
             return Err(errno(libc::EPERM));
         }
@@ -404,8 +414,13 @@ impl FileSystem for ShareFs {
         umask: u32,
     ) -> io::Result<Entry> {
         self.writable(parent)?;
-        self.vfs
-            .mkdir(ctx, VfsInode::from(parent), name, mode, umask)
+        self.vfs.mkdir(
+            ctx,
+            VfsInode::from(parent),
+            name,
+            mode,
+            permission_umask(umask),
+        )
     }
 
     fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
@@ -475,6 +490,10 @@ impl FileSystem for ShareFs {
         args: CreateIn,
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
         self.writable(parent)?;
+        let args = CreateIn {
+            umask: permission_umask(args.umask),
+            ..args
+        };
         let created = self.vfs.create(ctx, VfsInode::from(parent), name, args)?;
         if let (entry, Some(handle), _, _) = &created {
             self.open_flags().insert((entry.inode, *handle), args.flags);
@@ -756,5 +775,9 @@ mod tests {
         assert!(mknod_allowed(libc::S_IFIFO | 0o600, 0));
         assert!(mknod_allowed(libc::S_IFSOCK | 0o600, 0));
         assert!(mknod_allowed(libc::S_IFREG | 0o600, 0));
+        assert!(mknod_allowed(0o600, 0), "no type bits: a regular file");
+        assert!(!mknod_allowed(0o070600, 0), "no such file type");
+        assert!(!mknod_allowed(libc::S_IFDIR | 0o700, 0), "mkdir's business");
+        assert_eq!(permission_umask(0o070022), 0o022);
     }
 }

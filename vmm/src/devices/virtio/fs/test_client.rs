@@ -704,10 +704,22 @@ impl Guest {
         mode: u32,
         rdev: u32,
     ) -> Result<EntryOut, i32> {
+        self.mknod_with_umask(parent, name, mode, rdev, 0)
+    }
+
+    /// MKNOD with the guest's umask (the kernel sends its process's).
+    pub fn mknod_with_umask(
+        &mut self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        rdev: u32,
+        umask: u32,
+    ) -> Result<EntryOut, i32> {
         let m = MknodIn {
             mode,
             rdev,
-            umask: 0,
+            umask,
             padding: 0,
         };
         let name = cstr(name);

@@ -864,6 +864,34 @@ fn device_nodes_cannot_be_created_or_opened() {
         libc::EPERM
     );
     assert!(!t.share.join("null").exists() && !t.share.join("sda").exists());
+    // Nor through the umask (found by the fs_fuse fuzz target,
+    // fuzz/corpus/fs_fuse/crash-umask-block-device): passthrough creates
+    // `mode & !umask`, so a umask with file-type bits turned a mode that was
+    // no device at all (0o070000, refused by the kernel) into a block device,
+    // and a block-device mode into a character device with any numbers.
+    let type_bits = 0o010000;
+    assert_eq!(
+        g.mknod_with_umask(ROOT_ID, "viaumask", 0o070600, 8 << 8, type_bits)
+            .unwrap_err(),
+        libc::EPERM
+    );
+    assert_eq!(
+        g.mknod_with_umask(
+            ROOT_ID,
+            "blk2chr",
+            libc::S_IFBLK | 0o600,
+            rdev_null,
+            0o040000
+        )
+        .unwrap_err(),
+        libc::EPERM
+    );
+    assert!(!t.share.join("viaumask").exists() && !t.share.join("blk2chr").exists());
+    // A umask still takes permission bits off, as the guest's kernel expects.
+    let fifo = g
+        .mknod_with_umask(ROOT_ID, "fifo2", libc::S_IFIFO | 0o666, 0, 0o022)
+        .unwrap();
+    assert_eq!(fifo.attr.mode, libc::S_IFIFO | 0o644);
 
     // Nodes that exist are visible, but opening one never opens the host device
     // (nor blocks the worker on a FIFO).
