@@ -240,11 +240,12 @@ fuzz-build:
 	cd fuzz && $(FUZZ) build $(FUZZ_BUILD_FLAGS)
 
 # Every target over its committed corpus only: seeds and past crashes must pass.
+# MOAT_FUZZ_SECCOMP=1: fs_fuse serves under the fs worker's seccomp filter.
 fuzz-regress: fuzz-build
 	@for t in $(FUZZ_TARGETS); do \
 		n=$$(ls fuzz/corpus/$$t | wc -l); \
 		echo "fuzz-regress: $$t ($$n inputs)"; \
-		$(FUZZ_BIN)/$$t -runs=0 $(FUZZ_RUN_FLAGS) fuzz/corpus/$$t 2>fuzz/target/regress-$$t.log \
+		MOAT_FUZZ_SECCOMP=1 $(FUZZ_BIN)/$$t -runs=0 $(FUZZ_RUN_FLAGS) fuzz/corpus/$$t 2>fuzz/target/regress-$$t.log \
 			|| { tail -40 fuzz/target/regress-$$t.log; echo "fuzz-regress: $$t FAILED" >&2; exit 1; }; \
 	done; \
 	echo "fuzz-regress: $(words $(FUZZ_TARGETS)) passed, 0 failed"
@@ -256,7 +257,7 @@ fuzz: fuzz-build
 	@for t in $(FUZZ_TARGETS); do \
 		mkdir -p fuzz/corpus-work/$$t fuzz/artifacts/$$t; \
 		echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
-		nice $(FUZZ_BIN)/$$t -max_total_time=$(FUZZ_SECONDS) $(FUZZ_RUN_FLAGS) \
+		MOAT_FUZZ_SECCOMP=1 nice $(FUZZ_BIN)/$$t -max_total_time=$(FUZZ_SECONDS) $(FUZZ_RUN_FLAGS) \
 			-artifact_prefix=fuzz/artifacts/$$t/ fuzz/corpus-work/$$t fuzz/corpus/$$t \
 			2>fuzz/target/fuzz-$$t.log \
 			|| { tail -60 fuzz/target/fuzz-$$t.log; echo "fuzz: $$t found a crash (fuzz/artifacts/$$t/)" >&2; exit 1; }; \

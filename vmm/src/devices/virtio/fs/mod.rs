@@ -263,12 +263,36 @@ impl Fs {
         between: impl FnMut(usize) -> bool + Send,
     ) -> Result<(), ActivateError> {
         let worker = self.build_worker(ctx)?;
-        filesystem::run_with_private_umask(move || worker.serve_rounds(between)).map_err(|source| {
-            ActivateError::Io {
+        // `MOAT_FUZZ_SECCOMP` set: the scoped worker thread runs under the fs
+        // worker's seccomp filter, as the real worker does, so a FUSE request
+        // that needs a syscall outside the list ends the fuzzer through the
+        // SIGSYS report (`make fuzz` and `make fuzz-regress` set it).
+        let filters =
+            match std::env::var_os("MOAT_FUZZ_SECCOMP") {
+                Some(_) => Some(crate::seccomp::Filters::compile(libc::SIGRTMIN()).map_err(
+                    |e| ActivateError::Other {
+                        device: DEVICE_NAME,
+                        reason: e.to_string(),
+                    },
+                )?),
+                None => None,
+            };
+        filesystem::run_with_private_umask(move || {
+            crate::seccomp::install_if(
+                filters.as_deref(),
+                crate::seccomp::ThreadKind::Worker(crate::seccomp::WorkerKind::Fs),
+            )
+            .map_err(|e| ActivateError::Other {
                 device: DEVICE_NAME,
-                source,
-            }
+                reason: e.to_string(),
+            })?;
+            worker.serve_rounds(between);
+            Ok(())
         })
+        .map_err(|source| ActivateError::Io {
+            device: DEVICE_NAME,
+            source,
+        })?
     }
 
     fn stop_worker(&mut self) -> bool {
