@@ -76,6 +76,52 @@ impl BootCase {
     pub fn stderr_has(&self, text: &str) -> bool {
         self.stderr.iter().any(|l| l.contains(text))
     }
+
+    /// The rest of the first console line that starts with `prefix`; panics,
+    /// showing the console, when there is none.
+    pub fn console_value(&self, prefix: &str) -> String {
+        self.console
+            .iter()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} in {:?}", self.console))
+            .to_string()
+    }
+
+    /// The `devices` case's read-only share checks (`tests/vmm-boot/init.c`):
+    /// readable, every write refused with EROFS, and the host's manifest of the
+    /// share (`boot-matrix.sh`'s `devices host: ro manifest` line in `stdout`)
+    /// the same before and after the boot.
+    pub fn assert_ro_share_intact(&self, stdout: &str) {
+        assert_eq!(
+            self.console_value("moat-boot-test: ro read "),
+            "read-only from the host"
+        );
+        for op in [
+            "create",
+            "open-write",
+            "truncate",
+            "mkdir",
+            "unlink",
+            "rename",
+            "chmod",
+            "symlink",
+        ] {
+            assert_eq!(
+                self.console_value(&format!("moat-boot-test: ro {op} ")),
+                "EROFS",
+                "ro {op}"
+            );
+        }
+        let manifest = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("devices host: ro manifest before="))
+            .unwrap_or_else(|| panic!("no ro manifest: {stdout}"));
+        let (before, after) = manifest
+            .split_once(" after=")
+            .unwrap_or_else(|| panic!("bad ro manifest line: {manifest}"));
+        assert_eq!(before.len(), 64, "{manifest}");
+        assert_eq!(before, after, "the read-only share changed");
+    }
 }
 
 /// Parses `boot-matrix.sh`'s output: `case <name> status=<n>`, then
