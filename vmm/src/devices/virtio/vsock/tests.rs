@@ -1218,7 +1218,15 @@ fn guest_ignoring_credit_gets_its_chains_held_not_dropped() {
         .run_until("all sent", |n| n.sock(key).out.is_empty());
     assert_eq!(reader.join().unwrap(), hash(&filler));
     wait_for(|| m.held_chains() == 0, "held chains released");
-    rig.net.g.reclaim_tx();
+    // The muxer lets go of a chain before the worker puts it on the used ring:
+    // wait for the ring, not only the counter (this raced under emulation).
+    wait_for(
+        || {
+            rig.net.g.reclaim_tx();
+            rig.net.g.tx.free.len() == QSIZE as usize
+        },
+        "every tx chain back on the used ring",
+    );
     assert_eq!(rig.net.g.tx.free.len(), QSIZE as usize);
     drop(h);
 }
