@@ -185,6 +185,43 @@ pub trait VirtioDevice: Send + std::fmt::Debug {
     }
 }
 
+/// Refuses an activation that does not bring exactly `expected` queues, or
+/// brings one that is not valid in guest memory (naming its index).
+pub fn check_queues(
+    device: &'static str,
+    queues: &[ActiveQueue],
+    mem: &GuestMemory,
+    expected: usize,
+) -> Result<(), ActivateError> {
+    if queues.len() != expected {
+        return Err(ActivateError::QueueCount {
+            device,
+            expected,
+            got: queues.len(),
+        });
+    }
+    for (index, q) in queues.iter().enumerate() {
+        if !virtio_queue::QueueT::is_valid(&q.queue, mem) {
+            return Err(ActivateError::InvalidQueue { device, index });
+        }
+    }
+    Ok(())
+}
+
+/// The `N` queues of an activation, checked by [`check_queues`].
+pub fn valid_queues<const N: usize>(
+    device: &'static str,
+    queues: Vec<ActiveQueue>,
+    mem: &GuestMemory,
+) -> Result<[ActiveQueue; N], ActivateError> {
+    check_queues(device, &queues, mem, N)?;
+    <[_; N]>::try_from(queues).map_err(|q: Vec<_>| ActivateError::QueueCount {
+        device,
+        expected: N,
+        got: q.len(),
+    })
+}
+
 /// Reads `data.len()` bytes at `offset` from a config space held as bytes; the
 /// part outside it reads as zeros.
 pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {

@@ -321,17 +321,7 @@ impl Block {
             queues,
             interrupt,
         } = ctx;
-        let [q] = <[_; 1]>::try_from(queues).map_err(|q: Vec<_>| ActivateError::QueueCount {
-            device: NAME,
-            expected: 1,
-            got: q.len(),
-        })?;
-        if !virtio_queue::QueueT::is_valid(&q.queue, &mem) {
-            return Err(ActivateError::InvalidQueue {
-                device: NAME,
-                index: 0,
-            });
-        }
+        let [q] = super::valid_queues(NAME, queues, &mem)?;
         Ok(worker::BlockWorker::new(
             mem,
             DeviceQueue::new(q.queue, q.notify),

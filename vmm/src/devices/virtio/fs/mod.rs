@@ -91,7 +91,6 @@ use std::sync::Arc;
 use fuse_backend_rs::api::server::Server;
 use virtio_bindings::virtio_ids::VIRTIO_ID_FS;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
-use virtio_queue::QueueT;
 use vm_memory::{ByteValued, Le32};
 
 pub use config::{FsConfig, FsConfigError, FsMount, MAX_MOUNTS, MAX_REQUEST_QUEUES, MAX_TAG_LEN};
@@ -220,21 +219,7 @@ impl Fs {
     /// Checks the activation context and builds the worker that will own the
     /// queues.
     fn build_worker(&self, ctx: ActivateContext) -> Result<Worker, ActivateError> {
-        if ctx.queues.len() != self.queue_sizes.len() {
-            return Err(ActivateError::QueueCount {
-                device: DEVICE_NAME,
-                expected: self.queue_sizes.len(),
-                got: ctx.queues.len(),
-            });
-        }
-        for (index, q) in ctx.queues.iter().enumerate() {
-            if !q.queue.is_valid(&ctx.mem) {
-                return Err(ActivateError::InvalidQueue {
-                    device: DEVICE_NAME,
-                    index,
-                });
-            }
-        }
+        super::check_queues(DEVICE_NAME, &ctx.queues, &ctx.mem, self.queue_sizes.len())?;
         Worker::new(
             self.tag.clone(),
             self.server.clone(),

@@ -255,20 +255,7 @@ impl Net {
             queues,
             interrupt,
         } = ctx;
-        let [rx, tx] =
-            <[_; 2]>::try_from(queues).map_err(|q: Vec<_>| ActivateError::QueueCount {
-                device: NAME,
-                expected: 2,
-                got: q.len(),
-            })?;
-        for (index, q) in [&rx, &tx].into_iter().enumerate() {
-            if !virtio_queue::QueueT::is_valid(&q.queue, &mem) {
-                return Err(ActivateError::InvalidQueue {
-                    device: NAME,
-                    index,
-                });
-            }
-        }
+        let [rx, tx] = super::valid_queues(NAME, queues, &mem)?;
         Ok(worker::NetWorker::new(
             mem,
             DeviceQueue::new(rx.queue, rx.notify),

@@ -129,17 +129,7 @@ impl VirtioDevice for Rng {
             queues,
             interrupt,
         } = ctx;
-        let [q] = <[_; 1]>::try_from(queues).map_err(|q: Vec<_>| ActivateError::QueueCount {
-            device: NAME,
-            expected: 1,
-            got: q.len(),
-        })?;
-        if !virtio_queue::QueueT::is_valid(&q.queue, &mem) {
-            return Err(ActivateError::InvalidQueue {
-                device: NAME,
-                index: 0,
-            });
-        }
+        let [q] = super::valid_queues(NAME, queues, &mem)?;
         let queue = DeviceQueue::new(q.queue, q.notify);
         let limit = self.config.max_bytes_per_request;
         let stats = Arc::clone(&self.stats);

@@ -47,7 +47,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use virtio_queue::QueueT;
 use vmm_sys_util::eventfd::EventFd;
 
 pub use metrics::VsockMetrics;
@@ -279,21 +278,7 @@ impl Vsock {
 
     /// What `activate` checks before it starts a worker.
     fn check_activation(&self, ctx: &ActivateContext) -> Result<(), ActivateError> {
-        if ctx.queues.len() != QUEUE_SIZES.len() {
-            return Err(ActivateError::QueueCount {
-                device: "vsock",
-                expected: QUEUE_SIZES.len(),
-                got: ctx.queues.len(),
-            });
-        }
-        for (index, q) in ctx.queues.iter().enumerate() {
-            if !q.queue.is_valid(&ctx.mem) {
-                return Err(ActivateError::InvalidQueue {
-                    device: "vsock",
-                    index,
-                });
-            }
-        }
+        super::check_queues("vsock", &ctx.queues, &ctx.mem, QUEUE_SIZES.len())?;
         if ctx.acked_features & VIRTIO_F_VERSION_1 == 0 {
             return Err(ActivateError::Other {
                 device: "vsock",
